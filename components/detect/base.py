@@ -1,0 +1,56 @@
+"""What every detector returns, and the letterbox both decoders share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Face:
+    bbox: np.ndarray  # (4,) x1, y1, x2, y2 in input-image pixels
+    landmarks: np.ndarray  # (5, 2): left eye, right eye, nose, left mouth corner, right mouth corner (image left first)
+    score: float
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
+
+
+class FaceDetector(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[Face]: ...
+
+
+def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Resize so the longest side is ``size`` and pad right/bottom to ``size``x``size``.
+
+    A fixed square input keeps ONNX shapes static (fast, cacheable sessions); returns the scale to map
+    detections back to the original image.
+    """
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[:nh, :nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+    return canvas, scale
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, iou_threshold: float) -> np.ndarray:
+    """Indices kept by non-maximum suppression (OpenCV's implementation, boxes as x1y1x2y2)."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    xywh = np.column_stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]])
+    keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(float).tolist(), score_threshold, iou_threshold)
+    return np.asarray(keep, dtype=np.int64).reshape(-1)
+
+
+def to_faces(boxes: np.ndarray, landmarks: np.ndarray, scores: np.ndarray, scale: float) -> list[Face]:
+    order = np.argsort(-scores)
+    return [
+        Face(bbox=(boxes[i] / scale).astype(np.float32), landmarks=(landmarks[i] / scale).astype(np.float32),
+             score=float(scores[i]))
+        for i in order
+    ]

@@ -1,0 +1,138 @@
+"""Typed schema for ``params.yaml``.
+
+Every stage loads its params through :func:`load_params`, so a typo (``detect.scor_threshold``) or a bad
+value (``quality_filter.min_images_per_identity: -1``) stops the run before any work, with a message that
+names the dotted key and what is allowed. arcface_torch's EasyDict configs let such typos pass silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataParams(_Section):
+    raw_dir: Path = Path("data/raw")
+    seed: int = 0
+    sample_identities: int = Field(40, ge=1, le=40, description="identities taken from the bundled ORL set")
+    sample_images_per_identity: int = Field(10, ge=1, le=10)
+    sample_canvas: tuple[int, int] = (480, 360)
+    second_face_fraction: float = Field(0.2, ge=0, le=1)
+
+
+class DetectParams(_Section):
+    model_path: Path | None = Field(None, description="user ONNX (InsightFace SCRFD/RetinaFace); None = CenterFace")
+    model_kind: Literal["auto", "centerface", "insightface"] = "auto"
+    input_size: int = Field(480, ge=32, description="longest side fed to the detector (multiple of 32)")
+    score_threshold: float = Field(0.5, gt=0, lt=1)
+    nms_threshold: float = Field(0.4, gt=0, lt=1)
+    centre_weight: float = Field(0.5, ge=0, description="penalty on distance from the image centre")
+    max_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb limit per image")
+    out_dir: Path = Path("data/detect")
+    workers: int = Field(0, ge=0, description="0 = all cores")
+
+
+class AlignParams(_Section):
+    image_size: Literal[112] = 112
+    out_dir: Path = Path("data/aligned")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+class QualityFilterParams(_Section):
+    min_score: float = Field(0.6, ge=0, le=1)
+    min_interocular: float = Field(16.0, ge=0, description="pixels in the raw photo")
+    min_blur: float = Field(20.0, ge=0, description="variance of the Laplacian of the aligned face")
+    max_yaw: float = Field(0.45, ge=0, le=1, description="nose offset from the eye midline / eye distance")
+    max_pitch: float = Field(0.6, ge=0, le=2)
+    min_brightness: float = Field(30.0, ge=0, le=255)
+    max_brightness: float = Field(225.0, ge=0, le=255)
+    duplicate_hamming: int = Field(4, ge=0, le=64, description="perceptual-hash distance under which two are one")
+    min_images_per_identity: int = Field(4, ge=1)
+    max_rejected_fraction: float = Field(0.5, ge=0, le=1)
+    min_identities: int = Field(2, ge=1)
+    out_dir: Path = Path("data/quality")
+
+    @model_validator(mode="after")
+    def _brightness_order(self) -> QualityFilterParams:
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError("min_brightness must be below max_brightness")
+        return self
+
+
+class PackParams(_Section):
+    out_dir: Path = Path("data/packed")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+class Params(_Section):
+    """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract).
+
+    Sections of later stages are accepted as free-form mappings until their issue gives them a schema.
+    """
+
+    data: DataParams = DataParams()
+    detect: DetectParams = DetectParams()
+    align: AlignParams = AlignParams()
+    quality_filter: QualityFilterParams = QualityFilterParams()
+    pack: PackParams = PackParams()
+    train: dict[str, Any] = {}
+    eval: dict[str, Any] = {}
+    export: dict[str, Any] = {}
+    quantize: dict[str, Any] = {}
+    publish: dict[str, Any] = {}
+    mlflow: dict[str, Any] = {}
+    gate: dict[str, Any] = {}
+
+
+class ParamsError(ValueError):
+    """A params file or override the user must fix; the message names the key."""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid params"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ParamsError(f"--set {assignment!r}: expected dotted.key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"--set {key}: {p} is not a section")
+    # YAML parsing gives `--set a.b=0.5` a float and `--set a.b=null` a None, as in the file itself.
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_params(path: Path | str = "params.yaml", overrides: list[str] | None = None) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    for item in overrides or []:
+        _apply_override(tree, item)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(exc, str(path))) from None

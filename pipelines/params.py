@@ -68,7 +68,6 @@ class QualityFilterParams(_Section):
 
 class PackParams(_Section):
     out_dir: Path = Path("data/packed")
-    jpeg_quality: int = Field(95, ge=50, le=100)
 
 
 class Params(_Section):

@@ -1,0 +1,67 @@
+"""DVC stage ``quality_filter``: measure, filter and validate aligned faces (fail-closed on bad data)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.executor import parallel_map
+from components.io.atomic import atomic_dir
+from components.io.rejects import Rejection, write_rejected
+from components.quality.batch import QualityWorker
+from components.quality.filter import QualityThresholds, apply_thresholds
+from components.quality.validation import validate_frame
+from pipelines.common import REPORTS, timed, write_report
+from pipelines.params import Params
+
+STAGE = "quality_filter"
+SUITE = Path(__file__).parent / "expectations" / "quality_manifest.json"
+FAILED_DOCS = REPORTS / "data_docs_failed"
+
+
+class DataValidationError(RuntimeError):
+    """The manifest broke a critical expectation; the message is the readable summary."""
+
+
+def run(params: Params) -> dict[str, Any]:
+    p = params.quality_filter
+    aligned = pd.read_parquet(params.align.out_dir / "manifest.parquet")
+    report: dict[str, Any] = {}
+    with timed(report), atomic_dir(p.out_dir) as tmp:
+        items = aligned[["aligned_path", "aligned_landmarks"]].to_dict("records")
+        measured = pd.DataFrame(parallel_map(QualityWorker, params.align.out_dir, items,
+                                             workers=params.detect.workers, desc=STAGE))
+        table = pd.concat([aligned.reset_index(drop=True), measured], axis=1)
+        unreadable = table[table.measure_error != ""]
+        table = table[table.measure_error == ""].drop(columns="measure_error").reset_index(drop=True)
+        thresholds = QualityThresholds(**{k: v for k, v in p.model_dump().items()
+                                          if k in QualityThresholds.__dataclass_fields__})
+        table["status"] = apply_thresholds(table, thresholds)
+        table["rejected"] = (table.status != "ok").astype(int)
+        table["kept_identity"] = table.identity.where(table.status == "ok")
+        table.to_parquet(tmp / "manifest.parquet", index=False)
+        rejects = [Rejection(r.path, STAGE, r.status, "") for r in table.itertuples() if r.status != "ok"]
+        rejects += [Rejection(r.path, STAGE, "unreadable", r.measure_error) for r in unreadable.itertuples()]
+        by_reason = write_rejected(tmp / "rejected.csv", rejects)
+
+        summary = validate_frame(table, SUITE, {"max_rejected_fraction": p.max_rejected_fraction,
+                                                "min_identities": p.min_identities}, tmp / "data_docs")
+        if not summary.success:
+            shutil.rmtree(FAILED_DOCS, ignore_errors=True)
+            shutil.copytree(tmp / "data_docs", FAILED_DOCS)
+            raise DataValidationError(f"{summary.describe()}\nData Docs: {FAILED_DOCS / 'index.html'}")
+    shutil.rmtree(FAILED_DOCS, ignore_errors=True)
+    kept = table[table.status == "ok"]
+    report.update(
+        images_in=len(aligned), images_kept=len(kept), images_rejected=len(rejects),
+        rejected_fraction=round(len(rejects) / max(1, len(aligned)), 4), rejected_by_reason=by_reason,
+        identities_kept=int(kept.identity.nunique()),
+        validation={"success": summary.success, "evaluated": summary.evaluated, "warnings": len(summary.warnings)},
+        quality={c: round(float(kept[c].median()), 3) for c in ("blur", "brightness", "yaw", "pitch", "score")}
+        if len(kept) else {},
+    )
+    write_report(STAGE, report)
+    return report

@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: setup demo test bench lint clean
+
+setup: .venv/.synced
+
+# uv is installed with pip when missing; the environment is exactly uv.lock (no resolution on install).
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen --all-groups
+	@touch $@
+
+demo: setup
+	@test -d data/raw || $(UV) run --frozen faceforge sample
+	$(UV) run --frozen dvc repro
+
+test: setup
+	$(UV) run --frozen pytest
+
+bench: setup
+	$(UV) run --frozen python -m bench.data_stages
+
+lint: setup
+	$(UV) run --frozen ruff check .
+
+clean:
+	rm -rf data/detect data/detect_cache data/aligned data/quality data/packed reports/*.json reports/bench

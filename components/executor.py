@@ -70,7 +70,7 @@ def parallel_map(
             bar.update(len(chunk))
     else:
         with ProcessPoolExecutor(max_workers=n, initializer=_init, initargs=(factory, config)) as pool:
-            for chunk, out in zip(_chunks(items, chunk_size), pool.map(_run, _chunks(items, chunk_size))):
+            for chunk, out in zip(_chunks(items, chunk_size), pool.map(_run, _chunks(items, chunk_size)), strict=True):
                 results.extend(out)
                 bar.update(len(chunk))
     bar.close()

@@ -44,7 +44,8 @@ class DetectWorker:
             row.update(width=width, height=height)
             return row
         return {"status": "ok", "detail": "", "width": width, "height": height,
-                "bbox": main.bbox.astype(float).tolist(), "landmarks": main.landmarks.reshape(-1).astype(float).tolist(),
+                "bbox": main.bbox.astype(float).tolist(),
+                "landmarks": main.landmarks.reshape(-1).astype(float).tolist(),
                 "score": main.score, "n_faces": len(faces)}
 
     def __call__(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,20 @@ def to_faces(boxes: np.ndarray, landmarks: np.ndarray, scores: np.ndarray, scale
              score=float(scores[i]))
         for i in order
     ]
+
+
+class OnnxDetector:
+    """One CPU onnxruntime session per process, plus the thresholds every decoder applies."""
+
+    def __init__(self, model: str | bytes, input_size: int, score_threshold: float, nms_threshold: float) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # parallelism comes from the process pool, one session per core
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.size = input_size
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+
+    def run(self, blob: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: blob})

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from components.detect.base import Face, letterbox, nms, to_faces
+from components.detect.base import Face, OnnxDetector, letterbox, nms, to_faces
 
 STRIDE = 4  # CenterFace predicts on a 1/4-resolution grid
 
@@ -37,24 +36,16 @@ def _dynamic_model(path: Path) -> bytes:
     return model.SerializeToString()
 
 
-class CenterFaceDetector:
+class CenterFaceDetector(OnnxDetector):
     def __init__(self, path: Path, input_size: int, score_threshold: float, nms_threshold: float) -> None:
         if input_size % 32:
             raise ValueError(f"detect.input_size must be a multiple of 32 for CenterFace, got {input_size}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # parallelism comes from the process pool, one session per core
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(_dynamic_model(path), options,
-                                            providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.size = input_size
-        self.score_threshold = score_threshold
-        self.nms_threshold = nms_threshold
+        super().__init__(_dynamic_model(path), input_size, score_threshold, nms_threshold)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         canvas, scale = letterbox(rgb, self.size)
         blob = canvas.transpose(2, 0, 1)[None].astype(np.float32)  # RGB, 0..255, no normalisation
-        heatmap, log_scale, offset, lms = self.session.run(None, {self.input_name: blob})
+        heatmap, log_scale, offset, lms = self.run(blob)
         return decode_centerface(heatmap, log_scale, offset, lms, scale, self.score_threshold, self.nms_threshold)
 
 

@@ -10,34 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from components.detect.base import Face, letterbox, nms, to_faces
+from components.detect.base import Face, OnnxDetector, letterbox, nms, to_faces
 
 STRIDES = {9: (8, 16, 32), 15: (8, 16, 32, 64, 128)}
 
 
-class InsightFaceDetector:
+class InsightFaceDetector(OnnxDetector):
     def __init__(self, path: Path, input_size: int, score_threshold: float, nms_threshold: float) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        super().__init__(str(path), input_size, score_threshold, nms_threshold)
         n_out = len(self.session.get_outputs())
         if n_out not in STRIDES:
-            raise ValueError(
-                f"{path}: {n_out} outputs; expected 9 or 15 (InsightFace detector with 5 landmarks)"
-            )
+            raise ValueError(f"{path}: {n_out} outputs; expected 9 or 15 (InsightFace detector with 5 landmarks)")
         self.strides = STRIDES[n_out]
-        self.input_name = self.session.get_inputs()[0].name
-        self.size = input_size
-        self.score_threshold = score_threshold
-        self.nms_threshold = nms_threshold
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         canvas, scale = letterbox(rgb, self.size)
         blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
-        outputs = self.session.run(None, {self.input_name: blob})
+        outputs = self.run(blob)
         return decode_insightface(outputs, self.strides, self.size, scale, self.score_threshold,
                                   self.nms_threshold)
 

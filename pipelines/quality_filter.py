@@ -13,6 +13,7 @@ from components.io.atomic import atomic_dir
 from components.io.rejects import Rejection, write_rejected
 from components.quality.batch import QualityWorker
 from components.quality.filter import QualityThresholds, apply_thresholds
+from components.quality.plots import plot_quality
 from components.quality.validation import validate_frame
 from pipelines.common import REPORTS, timed, write_report
 from pipelines.params import Params
@@ -46,6 +47,9 @@ def run(params: Params) -> dict[str, Any]:
         rejects = [Rejection(r.path, STAGE, r.status, "") for r in table.itertuples() if r.status != "ok"]
         rejects += [Rejection(r.path, STAGE, "unreadable", r.measure_error) for r in unreadable.itertuples()]
         by_reason = write_rejected(tmp / "rejected.csv", rejects)
+        plot_quality(table, {"score": (p.min_score, None), "interocular": (p.min_interocular, None),
+                             "blur": (p.min_blur, None), "yaw": (None, p.max_yaw), "pitch": (None, p.max_pitch),
+                             "brightness": (p.min_brightness, p.max_brightness)}, tmp / "quality.png")
 
         summary = validate_frame(table, SUITE, {"max_rejected_fraction": p.max_rejected_fraction,
                                                 "min_identities": p.min_identities}, tmp / "data_docs")

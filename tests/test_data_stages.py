@@ -65,6 +65,7 @@ def test_whole_data_half_survives_bad_inputs(workdir: Path, bad_raw) -> None:
 
     assert qf["validation"]["success"]
     assert Path(params.quality_filter.out_dir / "data_docs" / "index.html").is_file()
+    assert Path(params.quality_filter.out_dir / "quality.png").stat().st_size > 0
     assert packed["images"] == qf["images_kept"]
     classes, h, w = read_property(params.pack.out_dir)
     assert (classes, h, w) == (qf["identities_kept"], 112, 112)

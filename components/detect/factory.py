@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import onnxruntime as ort
+import onnx
 
 from components.detect.base import FaceDetector
 from components.detect.centerface import CenterFaceDetector, bundled_centerface_path
@@ -35,7 +35,8 @@ def _kind(config: DetectorConfig) -> str:
         return config.model_kind
     if config.model_path is None:
         return "centerface"
-    n_out = len(ort.InferenceSession(str(config.resolved_path), providers=["CPUExecutionProvider"]).get_outputs())
+    # Reading the graph header is enough to tell the two families apart; no session is built twice.
+    n_out = len(onnx.load(str(config.resolved_path), load_external_data=False).graph.output)
     return "centerface" if n_out == 4 else "insightface"
 
 

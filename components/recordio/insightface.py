@@ -56,7 +56,7 @@ def read_property(root: Path) -> tuple[int, int, int]:
 class FaceRecordDataset(Dataset):
     """Reads ``train.rec`` like arcface_torch's MXFaceDataset: RGB, random horizontal flip, [-1, 1] CHW."""
 
-    def __init__(self, root: Path | str, random_flip: bool = True) -> None:
+    def __init__(self, root: Path | str, random_flip: bool = True, seed: int | None = None) -> None:
         root = Path(root)
         self.reader = RecordReader(root / "train.rec", root / "train.idx")
         header, _ = unpack_header(self.reader.read(0))
@@ -65,6 +65,18 @@ class FaceRecordDataset(Dataset):
         else:  # datasets without the class-range header: every record is an image
             self.keys = np.asarray(self.reader.keys, dtype=np.int64)
         self.random_flip = random_flip
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """With a ``seed``, flips depend only on (seed, epoch, index): a run resumed mid-epoch sees the
+        same augmentation as an uninterrupted one, whatever loader worker reads the sample."""
+        self.epoch = epoch
+
+    def _flip(self, i: int) -> bool:
+        if self.seed is None:
+            return bool(torch.rand(()) < 0.5)
+        return bool(np.random.default_rng([self.seed, self.epoch, i]).random() < 0.5)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -81,7 +93,7 @@ class FaceRecordDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rgb, label = self.read(i)
-        if self.random_flip and torch.rand(()) < 0.5:
+        if self.random_flip and self._flip(i):
             rgb = rgb[:, ::-1]
         tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
         return tensor, label

@@ -1,0 +1,40 @@
+"""Everything one training run needs, as a plain picklable value (Ray ships it to every worker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_dir: str
+    out_dir: str
+    backbone: str = "r18"
+    embedding_size: int = 512
+    margin: Literal["combined", "curricular"] = "combined"
+    s: float = 64.0
+    m1: float = 1.0
+    m2: float = 0.5
+    m3: float = 0.0
+    sample_rate: float = 1.0
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["poly", "cosine"] = "poly"
+    warmup_steps: int = 0
+    epochs: int = 1
+    max_steps: int = 0  # 0 = epochs x steps per epoch
+    batch_size: int = 64  # per worker
+    grad_accumulation: int = 1
+    grad_clip: float = 5.0  # 0 = off
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    num_workers: int = 2
+    use_gpu: bool = False
+    loader_workers: int = 1
+    seed: int = 0
+    checkpoint_every: int = 100
+    max_failures: int = 2
+    nonfinite_limit: int = 5
+    log_every: int = 10

@@ -1,0 +1,165 @@
+"""The per-worker training loop, read top to bottom; the same function runs under Ray Train or alone.
+
+The loop talks to its environment only through a ``Session`` (rank, device, model wrapping, the
+checkpoint to resume from, reporting), so Ray Train and a plain process share every line of it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from components.heads import CombinedMarginLoss, CurricularFace, PartialFC
+from components.models import get_model
+from components.recordio.format import unpack_header
+from components.recordio.insightface import FaceRecordDataset, read_property
+from components.training.checkpoint import load_checkpoint, save_checkpoint
+from components.training.config import TrainConfig
+from components.training.optim import build_optimizer, build_scheduler
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def wrap_model(self, model: nn.Module) -> nn.Module: ...
+    def resume_dir(self) -> Path | None: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+
+class TrainingInputError(ValueError):
+    """The data or settings cannot train; raised before the first step."""
+
+
+def check_inputs(cfg: TrainConfig, dataset: FaceRecordDataset, world_size: int) -> int:
+    """Validate what would otherwise fail mid-run; returns the number of classes."""
+    root = Path(cfg.data_dir)
+    num_classes, height, width = read_property(root)
+    if len(dataset) == 0:
+        raise TrainingInputError(f"{root}: the dataset holds no images")
+    if (height, width) != (112, 112):
+        raise TrainingInputError(f"{root / 'property'}: images are {height}x{width}, the backbones need 112x112")
+    header, _ = unpack_header(dataset.reader.read(0))
+    if header.flag > 0:
+        in_file = int(header.label[1] - header.label[0])
+        if in_file != num_classes:
+            raise TrainingInputError(f"{root / 'property'}: says {num_classes} classes, train.rec holds {in_file}")
+    if cfg.batch_size % cfg.grad_accumulation:
+        raise TrainingInputError(f"train.batch_size {cfg.batch_size} is not divisible by "
+                                 f"train.grad_accumulation {cfg.grad_accumulation}")
+    if cfg.batch_size * world_size > len(dataset):
+        raise TrainingInputError(f"a global batch of {cfg.batch_size} x {world_size} workers exceeds the "
+                                 f"{len(dataset)} images in {root}")
+    if num_classes < world_size:
+        raise TrainingInputError(f"{num_classes} classes cannot be sharded over {world_size} workers")
+    return num_classes
+
+
+def _margin(cfg: TrainConfig) -> nn.Module:
+    if cfg.margin == "curricular":
+        return CurricularFace(cfg.s, cfg.m2)
+    return CombinedMarginLoss(cfg.s, cfg.m1, cfg.m2, cfg.m3)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):  # noqa: ANN202
+    if cfg.precision == "fp32" or (cfg.precision == "fp16" and device.type != "cuda"):
+        return nullcontext()
+    dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batches(dataset: FaceRecordDataset, cfg: TrainConfig, session: Session, epoch: int, skip: int) -> DataLoader:
+    """This worker's micro-batches for ``epoch``, starting after ``skip`` optimiser steps (exact resume)."""
+    dataset.set_epoch(epoch)
+    sampler = DistributedSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)[skip * cfg.batch_size:]
+    return DataLoader(Subset(dataset, indices), batch_size=cfg.batch_size // cfg.grad_accumulation,
+                      num_workers=cfg.loader_workers, drop_last=True, pin_memory=session.device.type == "cuda")
+
+
+def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    dataset = FaceRecordDataset(cfg.data_dir, seed=cfg.seed)
+    num_classes = check_inputs(cfg, dataset, session.world_size)
+    steps_per_epoch = len(dataset) // (cfg.batch_size * session.world_size)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    backbone = session.wrap_model(get_model(cfg.backbone, cfg.embedding_size))
+    head = PartialFC(_margin(cfg), cfg.embedding_size, num_classes, cfg.sample_rate, seed=cfg.seed)
+    head.to(session.device)
+    optimizer = build_optimizer(backbone, head, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    scaler = torch.amp.GradScaler(session.device.type, enabled=cfg.precision == "fp16"
+                                  and session.device.type == "cuda")
+    step, history = 0, []
+    if (resume := session.resume_dir()) is not None:
+        step, extra = load_checkpoint(resume, backbone, head, optimizer, scheduler)
+        history = extra.get("history", [])
+
+    nonfinite = skipped = 0
+    window_start, window_steps = time.perf_counter(), 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        micro_batches = iter(_batches(dataset, cfg, session, epoch, offset))
+        for _ in range(offset, steps_per_epoch):
+            if step >= total_steps:
+                break
+            loss_sum = 0.0
+            for _ in range(cfg.grad_accumulation):
+                images, labels = next(micro_batches)
+                images, labels = images.to(session.device), labels.to(session.device)
+                with _autocast(cfg, session.device):
+                    embeddings = backbone(images)
+                loss = head(embeddings, labels) / cfg.grad_accumulation
+                scaler.scale(loss).backward()
+                loss_sum += float(loss.detach())
+            if not math.isfinite(loss_sum):
+                # The loss is global, so every worker skips the same step and stays in lock-step.
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite += 1
+                skipped += 1
+                print(f"[rank {session.rank}] step {step}: non-finite loss {loss_sum}, update skipped", flush=True)
+                if nonfinite >= cfg.nonfinite_limit:
+                    raise FloatingPointError(f"{nonfinite} consecutive non-finite losses up to step {step}: "
+                                             "lower train.lr, raise train.warmup_steps or use fp32")
+            else:
+                nonfinite = 0
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            window_steps += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                history.append({"step": step, "epoch": epoch, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
+                                "samples_per_s": window_steps * cfg.batch_size * session.world_size / elapsed})
+                window_start, window_steps = time.perf_counter(), 0
+                if session.rank == 0:
+                    h = history[-1]
+                    print(f"step {step}/{total_steps} loss {h['loss']:.4f} lr {h['lr']:.5f} "
+                          f"{h['samples_per_s']:.1f} samples/s", flush=True)
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(Path(tmp), session.rank, session.world_size, backbone, head, optimizer,
+                                    scheduler, step, extra={"config": asdict(cfg), "num_classes": num_classes,
+                                           "history": history})
+                    session.report({"step": step, "loss": loss_sum, "skipped_steps": skipped,
+                                    "history": history}, Path(tmp))
+    return {"step": step, "history": history, "num_classes": num_classes, "skipped_steps": skipped}

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from components.training.config import TrainConfig
 from components.recordio.insightface import FaceRecordDataset
+from components.training.config import TrainConfig
 from components.training.loop import check_inputs, train_worker
 from components.training.sessions import RaySession
 

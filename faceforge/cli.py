@@ -49,6 +49,7 @@ for _stage, _summary in [
     ("align", "Warp each detected face onto the 112x112 ArcFace template."),
     ("quality_filter", "Score, de-duplicate and validate the aligned faces (Great Expectations)."),
     ("pack", "Write the kept faces as InsightFace RecordIO (train.rec/.idx/property)."),
+    ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
 ]:
     _stage_command(_stage, _summary)
 

@@ -70,6 +70,41 @@ class PackParams(_Section):
     out_dir: Path = Path("data/packed")
 
 
+class TrainParams(_Section):
+    """Mirrors components.training.config.TrainConfig; see README "Training" for what each knob does."""
+
+    backbone: Literal["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large"] = "mbf"
+    embedding_size: int = Field(512, ge=8)
+    margin: Literal["combined", "curricular"] = "combined"
+    s: float = Field(64.0, gt=0)
+    m1: float = Field(1.0, ge=1)
+    m2: float = Field(0.5, ge=0, lt=3.1416)
+    m3: float = Field(0.0, ge=0)
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC: fraction of class centres per step")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["poly", "cosine"] = "poly"
+    warmup_steps: int = Field(0, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int = Field(0, ge=0, description="0 = epochs x steps per epoch")
+    batch_size: int = Field(64, ge=1, description="per worker")
+    grad_accumulation: int = Field(1, ge=1)
+    grad_clip: float = Field(5.0, ge=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    loader_workers: int = Field(1, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(100, ge=1)
+    max_failures: int = Field(2, ge=0)
+    nonfinite_limit: int = Field(5, ge=1)
+    log_every: int = Field(10, ge=1)
+    resume_from: Path | None = Field(None, description="a checkpoint folder (any worker count) to continue from")
+    out_dir: Path = Path("data/train")
+
+
 class Params(_Section):
     """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract).
 
@@ -81,7 +116,7 @@ class Params(_Section):
     align: AlignParams = AlignParams()
     quality_filter: QualityFilterParams = QualityFilterParams()
     pack: PackParams = PackParams()
-    train: dict[str, Any] = {}
+    train: TrainParams = TrainParams()
     eval: dict[str, Any] = {}
     export: dict[str, Any] = {}
     quantize: dict[str, Any] = {}

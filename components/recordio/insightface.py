@@ -59,8 +59,9 @@ class FaceRecordDataset(Dataset):
     def __init__(self, root: Path | str, random_flip: bool = True, seed: int | None = None) -> None:
         root = Path(root)
         self.reader = RecordReader(root / "train.rec", root / "train.idx")
-        header, _ = unpack_header(self.reader.read(0))
-        if header.flag > 0:
+        if not self.reader.keys:
+            self.keys = np.zeros(0, dtype=np.int64)
+        elif (header := unpack_header(self.reader.read(0))[0]).flag > 0:
             self.keys = np.arange(1, int(header.label[0]), dtype=np.int64)
         else:  # datasets without the class-range header: every record is an image
             self.keys = np.asarray(self.reader.keys, dtype=np.int64)

@@ -21,6 +21,8 @@ test: setup
 
 bench: setup
 	$(UV) run --frozen python -m bench.data_stages
+	$(UV) run --frozen python -m bench.train_head
+	$(UV) run --frozen python -m bench.train_e2e
 
 lint: setup
 	$(UV) run --frozen ruff check .

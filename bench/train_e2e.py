@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -30,6 +31,9 @@ def _steady(history: list[dict]) -> float:
 
 
 def _plain_worker(rank: int, cfg: TrainConfig, tmp: str) -> None:
+    # Ray gives each worker its share of the cores (OMP_NUM_THREADS); do the same, or the comparison
+    # measures thread oversubscription instead of Ray's overhead.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.num_workers))
     dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=cfg.num_workers)
     result = train_worker(cfg, LocalSession(Path(tmp) / "ckpt"))
     if rank == 0:

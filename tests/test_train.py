@@ -108,3 +108,23 @@ def test_killed_worker_resumes_to_the_same_weights(tmp_path: Path, data: Path) -
     for key in expected:
         # CPU, same seed: the resumed run repeats the uninterrupted one up to float reassociation
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_losses_skip_then_stop(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.heads import PartialFC
+
+    monkeypatch.setattr(PartialFC, "forward", lambda self, emb, labels: emb.sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match="2 consecutive non-finite losses"):
+        train_worker(_cfg(data, tmp_path, nonfinite_limit=2, num_workers=1), LocalSession(tmp_path / "a"))
+    result = train_worker(_cfg(data, tmp_path, nonfinite_limit=10, num_workers=1, max_steps=3),
+                          LocalSession(tmp_path / "b"))
+    assert result["skipped_steps"] == 3 and result["step"] == 3
+
+
+def test_infra_rayjob_runs_the_train_stage() -> None:
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "infra" / "ray" / "rayjob.yaml").read_text())
+    assert spec["kind"] == "RayJob" and "faceforge train" in spec["spec"]["entrypoint"]
+    workers = spec["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" in workers["resources"]["limits"]

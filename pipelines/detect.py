@@ -28,7 +28,8 @@ def run(params: Params) -> dict[str, Any]:
     report: dict[str, Any] = {}
     with timed(report):
         images, listing_rejects = list_raw_images(root, STAGE)
-        cache = DetectionCache(CACHE_DIR, detector_fingerprint(config))
+        fingerprint = detector_fingerprint(config)
+        cache = DetectionCache(CACHE_DIR, fingerprint)
         hashes = cache.hash_images(root, images)
         known = cache.load()
         todo = [{"path": im.path, "sha256": h} for im, h in zip(images, hashes, strict=True) if h not in known]
@@ -58,7 +59,7 @@ def run(params: Params) -> dict[str, Any]:
         cache_hits=len(images) - len(fresh),
         photos_with_several_faces=int((ok.n_faces > 1).sum()),
         mean_score=round(float(ok.score.mean()), 4) if len(ok) else 0.0,
-        detector_fingerprint=cache.results_path.stem.split("-", 1)[1],
+        detector_fingerprint=fingerprint,
     )
     report["images_per_second"] = round(len(fresh) / report["seconds"], 2) if report["seconds"] else 0.0
     write_report(STAGE, report)

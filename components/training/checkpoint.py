@@ -64,9 +64,10 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / META).read_text())
 
 
-def _gather_rows(directory: Path, old_world: int, start: int, count: int) -> dict[str, Any]:
-    """Rows ``[start, start+count)`` of the centres and of every per-row optimiser tensor."""
-    weights, states, margin = [], {}, None
+def _gather_rows(directory: Path, old_world: int, start: int, count: int, own_rank: int) -> dict[str, Any]:
+    """Rows ``[start, start+count)`` of the centres and of every per-row optimiser tensor, plus the
+    sampler state old shard ``own_rank`` saved (meaningful only when the world size is unchanged)."""
+    weights, states, margin, sampler = [], {}, None, None
     for rank in range(old_world):
         # mmap: a worker reads only the rows it needs, not every old shard in full
         shard = torch.load(Path(directory) / _head_file(rank), map_location="cpu", weights_only=False, mmap=True)
@@ -74,6 +75,8 @@ def _gather_rows(directory: Path, old_world: int, start: int, count: int) -> dic
         hi = min(start + count, shard["class_start"] + shard["num_local"])
         if margin is None:
             margin = shard["margin"]
+        if rank == own_rank:
+            sampler = shard["sampler"]
         if lo >= hi:
             continue
         rows = slice(lo - shard["class_start"], hi - shard["class_start"])
@@ -85,7 +88,7 @@ def _gather_rows(directory: Path, old_world: int, start: int, count: int) -> dic
             else:
                 states[key] = value  # scalars such as Adam's step are the same on every shard
     merged = {k: torch.cat(v) if isinstance(v, list) else v for k, v in states.items()}
-    return {"weight": torch.cat(weights), "optimizer": merged, "margin": margin}
+    return {"weight": torch.cat(weights), "optimizer": merged, "margin": margin, "sampler": sampler}
 
 
 def load_checkpoint(directory: Path, backbone: nn.Module, head: PartialFC, optimizer: torch.optim.Optimizer,
@@ -99,7 +102,7 @@ def load_checkpoint(directory: Path, backbone: nn.Module, head: PartialFC, optim
     trainer = torch.load(directory / TRAINER, map_location="cpu", weights_only=False)
     module = backbone.module if hasattr(backbone, "module") else backbone
     module.load_state_dict(trainer["backbone"], strict=True)
-    rows = _gather_rows(directory, meta["world_size"], head.class_start, head.num_local)
+    rows = _gather_rows(directory, meta["world_size"], head.class_start, head.num_local, head.rank)
     with torch.no_grad():
         head.weight.copy_(rows["weight"].to(head.weight.dtype))
     head.margin_softmax.load_state_dict(rows["margin"])
@@ -111,9 +114,6 @@ def load_checkpoint(directory: Path, backbone: nn.Module, head: PartialFC, optim
         scheduler.load_state_dict(trainer["scheduler"])
     torch.set_rng_state(trainer["torch_rng"])
     if meta["world_size"] == head.world_size:
-        head._sampler.set_state(_own_sampler_state(directory, head.rank))
+        head._sampler.set_state(rows["sampler"])
     return int(trainer["step"]), trainer["extra"]
 
-
-def _own_sampler_state(directory: Path, rank: int) -> torch.Tensor:
-    return torch.load(Path(directory) / _head_file(rank), map_location="cpu", weights_only=False)["sampler"]

@@ -13,7 +13,7 @@ setup: .venv/.synced
 	@touch $@
 
 demo: setup
-	@test -d data/raw || $(UV) run --frozen faceforge sample
+	@test -d data/raw -a -d data/eval_sets || $(UV) run --frozen faceforge sample
 	$(UV) run --frozen dvc repro
 
 test: setup
@@ -23,9 +23,10 @@ bench: setup
 	$(UV) run --frozen python -m bench.data_stages
 	$(UV) run --frozen python -m bench.train_head
 	$(UV) run --frozen python -m bench.train_e2e
+	$(UV) run --frozen python -m bench.eval_ijbc
 
 lint: setup
 	$(UV) run --frozen ruff check .
 
 clean:
-	rm -rf data/detect data/detect_cache data/aligned data/quality data/packed reports/*.json reports/bench
+	rm -rf data/detect data/detect_cache data/aligned data/quality data/packed data/train data/eval reports/*.json reports/*.csv reports/bench

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,21 +20,28 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (validate
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
 
 
-def _run_stage(stage: str, params_file: Path, overrides: list[str] | None) -> None:
+def _report_errors(command: str, action: Callable[[], dict[str, Any]]) -> None:
+    """Run ``action`` and print its report; user errors become one line on stderr and a non-zero exit."""
     try:
-        params = load_params(params_file, overrides or [])
-        module = importlib.import_module(f"pipelines.{stage}")
-        report = module.run(params)
+        report = action()
     except ParamsError as exc:
-        typer.echo(f"faceforge {stage}: {exc}", err=True)
+        typer.echo(f"faceforge {command}: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         # One line on stderr (contract); the traceback would bury the file name users need.
-        typer.echo(f"faceforge {stage}: {exc}".splitlines()[0], err=True)
+        typer.echo(f"faceforge {command}: {exc}".splitlines()[0], err=True)
         for line in str(exc).splitlines()[1:]:
             typer.echo(line, err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+
+
+def _run_stage(stage: str, params_file: Path, overrides: list[str] | None) -> None:
+    def action() -> dict[str, Any]:
+        params = load_params(params_file, overrides or [])
+        return importlib.import_module(f"pipelines.{stage}").run(params)
+
+    _report_errors(stage, action)
 
 
 def _stage_command(stage: str, summary: str) -> None:
@@ -52,6 +61,38 @@ for _stage, _summary in [
     ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
 ]:
     _stage_command(_stage, _summary)
+
+eval_app = typer.Typer(add_completion=False, help="Evaluate a model: IJB-C 1:1/1:N and .bin verification sets.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+def eval_stage(ctx: typer.Context, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """The eval stage (as `dvc repro` runs it), unless a subcommand such as `ijbc` is given."""
+    if ctx.invoked_subcommand is None:
+        _run_stage("eval", params, set_)
+
+
+@eval_app.command("ijbc")
+def eval_ijbc(
+    root: Annotated[Path, typer.Option(help="IJB-C folder: meta/ and loose_crop/")],
+    out: Annotated[Path, typer.Option(help="output folder (replaced atomically)")],
+    model: Annotated[Path | None, typer.Option(help="train output folder, backbone.pth or .onnx")] = None,
+    features: Annotated[Path | None, typer.Option(help="per-image features .npy, name_5pts_score.txt order")] = None,
+    target: Annotated[str, typer.Option(help="file-name prefix in meta/: ijbc or ijbb")] = "ijbc",
+    flip: Annotated[bool, typer.Option(help="add the mirrored face's embedding")] = True,
+    detector_score: Annotated[bool, typer.Option(help="weight images by detection score")] = True,
+    normalise_images: Annotated[bool, typer.Option(help="L2-normalise image features before pooling")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0, help="image-loading processes")] = 1,
+) -> None:
+    """IJB-C (or IJB-B) 1:1 TAR@FAR and 1:N identification for one model or one features file."""
+    from components.evaluation.ijbc import IjbcOptions
+    from pipelines.eval import run_ijbc
+
+    options = IjbcOptions(flip=flip, detector_score=detector_score, normalise_images=normalise_images,
+                          batch_size=batch_size, loader_workers=workers)
+    _report_errors("eval ijbc", lambda: run_ijbc(root, out, target, options, model, features))
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -8,7 +8,7 @@ names the dotted key and what is allowed. arcface_torch's EasyDict configs let s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,10 +21,23 @@ class _Section(BaseModel):
 class DataParams(_Section):
     raw_dir: Path = Path("data/raw")
     seed: int = 0
-    sample_identities: int = Field(40, ge=1, le=40, description="identities taken from the bundled ORL set")
+    sample_identities: int = Field(32, ge=1, le=40, description="identities taken from the bundled ORL set")
     sample_images_per_identity: int = Field(10, ge=1, le=10)
     sample_canvas: tuple[int, int] = (480, 360)
     second_face_fraction: float = Field(0.2, ge=0, le=1)
+    eval_identities: int = Field(8, ge=0, description="ORL subjects after the training ones, held out for eval sets")
+    eval_templates_per_identity: int = Field(30, ge=2)
+    eval_bin_pairs: int = Field(600, ge=20, multiple_of=20, description="verification .bin pairs (10 folds)")
+    eval_sets_dir: Path = Path("data/eval_sets")
+
+    @model_validator(mode="after")
+    def _held_out_fits(self) -> DataParams:
+        if self.sample_identities + self.eval_identities > 40:
+            raise ValueError(f"sample_identities ({self.sample_identities}) + eval_identities "
+                             f"({self.eval_identities}) exceed the 40 ORL subjects; eval people must be unseen")
+        if self.eval_identities == 1:
+            raise ValueError("eval_identities must be 0 (no eval sets) or at least 2")
+        return self
 
 
 class DetectParams(_Section):
@@ -102,7 +115,38 @@ class TrainParams(_Section):
     nonfinite_limit: int = Field(5, ge=1)
     log_every: int = Field(10, ge=1)
     resume_from: Path | None = Field(None, description="a checkpoint folder (any worker count) to continue from")
+    bn_recalibration_samples: int = Field(2048, ge=0, description="re-estimate BatchNorm stats on this many faces")
     out_dir: Path = Path("data/train")
+
+
+Rate = Annotated[float, Field(gt=0, lt=1)]
+
+
+class EvalParams(_Section):
+    """IJB-C 1:1 / 1:N and .bin verification sets; defaults follow InsightFace's test-time conventions."""
+
+    model: Path = Field(Path("data/train"), description="train output folder (backbone.pth + model.json) or .onnx")
+    ijbc_root: Path | None = Field(Path("data/eval_sets/ijbc_mini"), description="IJB layout: meta/ + loose_crop/")
+    ijbc_target: Literal["ijbc", "ijbb"] = "ijbc"
+    ijbc_features: Path | None = Field(None, description="precomputed per-image features .npy (skips embedding)")
+    flip: bool = Field(True, description="embedding = f(face) + f(mirrored face)")
+    detector_score: bool = Field(True, description="weight each image by its detection score before pooling")
+    normalise_images: bool = Field(False, description="L2-normalise each image feature before pooling")
+    fars: list[Rate] = Field([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], min_length=1)
+    fpirs: list[Rate] = Field([1e-2, 1e-1], min_length=1)
+    verification: dict[str, Path] = Field({"orl_holdout": Path("data/eval_sets/orl_holdout.bin")},
+                                          description="name -> LFW/CFP-FP/AgeDB-style .bin")
+    folds: int = Field(10, ge=2)
+    batch_size: int = Field(64, ge=1)
+    loader_workers: int = Field(1, ge=0)
+    save_features: bool = Field(True, description="keep per-image IJB features (reuse with --features)")
+    out_dir: Path = Path("data/eval")
+
+    @model_validator(mode="after")
+    def _something_to_evaluate(self) -> EvalParams:
+        if self.ijbc_root is None and not self.verification:
+            raise ValueError("nothing to evaluate: set ijbc_root or at least one verification set")
+        return self
 
 
 class Params(_Section):
@@ -117,7 +161,7 @@ class Params(_Section):
     quality_filter: QualityFilterParams = QualityFilterParams()
     pack: PackParams = PackParams()
     train: TrainParams = TrainParams()
-    eval: dict[str, Any] = {}
+    eval: EvalParams = EvalParams()
     export: dict[str, Any] = {}
     quantize: dict[str, Any] = {}
     publish: dict[str, Any] = {}
@@ -136,7 +180,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            got = e.get("input")
+            # A section-level rule would echo the whole section as its input: name the rule only.
+            lines.append(f"  {key}: {e['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "\n".join(lines)
 
 

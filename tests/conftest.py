@@ -31,3 +31,29 @@ def raw_copy(sample_raw: Path, workdir: Path) -> Path:
     target = workdir / "data" / "raw"
     shutil.copytree(sample_raw, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def eval_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """IJB-C-format mini set + verification .bin from 4 ORL subjects (the sample stage's generator, smaller)."""
+    from components.sample.eval_sets import EvalSetConfig, write_eval_sets
+
+    root = tmp_path_factory.mktemp("evalsets") / "sets"
+    write_eval_sets(root, EvalSetConfig(subjects=(31, 32, 33, 34), templates_per_subject=5, bin_pairs=40, seed=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, untrained mbf saved exactly as the train stage saves one (backbone.pth + model.json)."""
+    import json
+
+    import torch
+
+    from components.models import get_model
+
+    root = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    torch.save(get_model("mbf", 128).eval().state_dict(), root / "backbone.pth")
+    (root / "model.json").write_text(json.dumps({"backbone": "mbf", "embedding_size": 128}))
+    return root

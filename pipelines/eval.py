@@ -1,0 +1,127 @@
+"""DVC stage ``eval`` and ``faceforge eval ijbc``: IJB-C 1:1 / 1:N and ``.bin`` verification sets.
+
+Everything is computed before anything is written; outputs then appear as one folder (``eval.out_dir``) and
+``reports/eval.json`` last, so a failed evaluation leaves the previous results and reports untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.evaluation.embedders import Embedder, embed_batches, load_embedder
+from components.evaluation.ijbc import IjbcOptions, check_features, embed_ijbc_images, evaluate_ijbc
+from components.evaluation.ijbc_meta import read_ijbc_meta
+from components.evaluation.plots import plot_roc, tar_far_markdown, write_roc_csv
+from components.evaluation.roc import roc_points, roc_summary, split_scores
+from components.evaluation.verification import kfold_accuracy, load_bin
+from components.io.atomic import atomic_dir, write_json
+from pipelines.common import timed, write_report
+from pipelines.params import EvalParams, Params
+
+STAGE = "eval"
+Curve = tuple[np.ndarray, np.ndarray]
+
+
+def ijbc_options(p: EvalParams) -> IjbcOptions:
+    return IjbcOptions(flip=p.flip, detector_score=p.detector_score, normalise_images=p.normalise_images,
+                       fars=tuple(p.fars), fpirs=tuple(p.fpirs), batch_size=p.batch_size,
+                       loader_workers=p.loader_workers)
+
+
+def evaluate_ijbc_set(root: Path, target: str, options: IjbcOptions, embedder: Embedder | None,
+                      features_path: Path | None) -> tuple[dict[str, Any], Curve, dict[str, np.ndarray]]:
+    """Metrics, ROC curve and the arrays worth keeping (scores, and features when they were computed here)."""
+    meta = read_ijbc_meta(root, target, need_images=features_path is None)
+    arrays: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    if features_path is not None:
+        if not Path(features_path).is_file():
+            raise FileNotFoundError(f"{features_path}: features file not found")
+        features = np.load(features_path, mmap_mode="r", allow_pickle=False)
+        check_features(features, meta, features_path)
+    else:
+        assert embedder is not None
+        features = embed_ijbc_images(meta, embedder, options)
+        check_features(features, meta, "model embeddings")
+        arrays["features"] = features
+    embed_s = time.perf_counter() - start
+    result = evaluate_ijbc(meta, features, options)
+    arrays["scores"] = result.scores
+    metrics = result.metrics() | {"images": len(meta.images), "templates": len(np.unique(meta.templates)),
+                                  "pairs": len(meta.pair_label)}
+    metrics["timings"] = result.timings | {"embed_s": round(embed_s, 3)}
+    if features_path is None:
+        metrics["embed_images_per_s"] = round(len(meta.images) / max(embed_s, 1e-9), 2)
+    return metrics, result.roc, arrays
+
+
+def evaluate_bin_set(path: Path, embedder: Embedder, options: IjbcOptions, folds: int) -> tuple[dict[str, Any], Curve]:
+    dataset = load_bin(path)
+    batches = (dataset.images[i:i + options.batch_size] for i in range(0, len(dataset.images), options.batch_size))
+    feats = embed_batches(embedder, batches, len(dataset.images), flip=options.flip)
+    norms = np.linalg.norm(feats, axis=1, keepdims=True)
+    if not np.isfinite(feats).all() or (norms == 0).any():
+        raise ValueError(f"{path}: the model produced NaN, Inf or all-zero embeddings")
+    feats /= norms
+    scores = np.einsum("ij,ij->i", feats[0::2], feats[1::2])
+    accuracy, accuracy_std, threshold = kfold_accuracy(scores, dataset.issame, folds)
+    genuine, impostor = split_scores(scores, dataset.issame)
+    metrics: dict[str, Any] = {"accuracy": round(accuracy, 6), "accuracy_std": round(accuracy_std, 6),
+                               "threshold": round(threshold, 6), "pairs": len(scores)}
+    metrics |= roc_summary(genuine, impostor, options.fars).as_metrics()
+    return metrics, roc_points(genuine, impostor)
+
+
+def _write_curves(out_dir: Path, curves: dict[str, Curve], fars: tuple[float, ...],
+                  rows: dict[str, dict[str, Any]]) -> None:
+    for name, (far, tar) in curves.items():
+        positive = far > 0  # log axis
+        write_roc_csv(out_dir / "roc" / f"{name}.csv", far[positive], tar[positive])
+    plot_roc(curves, fars, out_dir / "roc.png")
+    extra = {"accuracy": "10-fold acc."} if any("accuracy" in r for r in rows.values()) else None
+    (out_dir / "tar_far.md").write_text(tar_far_markdown(rows, fars, extra))
+
+
+def run(params: Params) -> dict[str, Any]:
+    p = params.eval
+    options = ijbc_options(p)
+    report: dict[str, Any] = {"model": str(p.model)}
+    curves: dict[str, Curve] = {}
+    with timed(report), atomic_dir(p.out_dir) as tmp:
+        needs_model = bool(p.verification) or (p.ijbc_root is not None and p.ijbc_features is None)
+        embedder = load_embedder(p.model) if needs_model else None
+        if p.ijbc_root is not None:
+            metrics, curves[p.ijbc_target], arrays = evaluate_ijbc_set(p.ijbc_root, p.ijbc_target, options,
+                                                                      embedder, p.ijbc_features)
+            (tmp / "ijbc").mkdir()
+            np.save(tmp / "ijbc" / "scores.npy", arrays["scores"])
+            if p.save_features and "features" in arrays:
+                np.save(tmp / "ijbc" / "features.npy", arrays["features"])
+            report[p.ijbc_target] = metrics
+        report["verification"] = {}
+        for name, path in p.verification.items():
+            assert embedder is not None
+            report["verification"][name], curves[name] = evaluate_bin_set(path, embedder, options, p.folds)
+        rows = {p.ijbc_target: report[p.ijbc_target]} if p.ijbc_root is not None else {}
+        _write_curves(tmp, curves, options.fars, rows | report["verification"])
+    write_report(STAGE, report)
+    return report
+
+
+def run_ijbc(root: Path, out_dir: Path, target: str, options: IjbcOptions, model: Path | None,
+             features: Path | None) -> dict[str, Any]:
+    """``faceforge eval ijbc``: one IJB set to a standalone folder (``ijbc.json``, ROC, scores, features)."""
+    if (model is None) == (features is None):
+        raise ValueError("give exactly one of --model (embed the images) or --features (precomputed .npy)")
+    embedder = load_embedder(model) if model is not None else None
+    metrics, curve, arrays = evaluate_ijbc_set(root, target, options, embedder, features)
+    with atomic_dir(out_dir) as tmp:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        _write_curves(tmp, {target: curve}, options.fars, {target: metrics})
+        write_json(tmp / f"{target}.json", metrics)
+    return metrics

@@ -59,6 +59,8 @@ for _stage, _summary in [
     ("quality_filter", "Score, de-duplicate and validate the aligned faces (Great Expectations)."),
     ("pack", "Write the kept faces as InsightFace RecordIO (train.rec/.idx/property)."),
     ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
+    ("export", "Export the trained backbone to ONNX (dynamic batch, checked, parity-tested)."),
+    ("quantize", "Quantize the ONNX model to INT8 (QDQ) and measure the accuracy it costs."),
 ]:
     _stage_command(_stage, _summary)
 

@@ -149,6 +149,29 @@ class EvalParams(_Section):
         return self
 
 
+class ExportParams(_Section):
+    model: Path = Field(Path("data/train"), description="train output folder: backbone.pth + model.json")
+    opset: int = Field(17, ge=13, le=23)
+    simplify: bool = Field(True, description="onnxslim, kept only if outputs are unchanged")
+    fp16: bool = Field(False, description="also write model.fp16.onnx for GPU serving")
+    parity_faces: int = Field(64, ge=1, description="real aligned faces compared PyTorch vs ONNX Runtime")
+    min_cosine: float = Field(0.99999, gt=0, le=1, description="parity floor: fail the export below it")
+    out_dir: Path = Path("data/export")
+
+
+class QuantizeParams(_Section):
+    model: Path = Field(Path("data/export/model.onnx"), description="the FP32 ONNX to quantize")
+    calibration_faces: int = Field(256, ge=1, description="aligned training faces used to set INT8 ranges")
+    method: Literal["minmax", "entropy", "percentile"] = "percentile"
+    per_channel: bool = True
+    keep_edges_float: bool = Field(True, description="first conv and embedding projection stay float")
+    seed: int = 0
+    far: Rate = Field(1e-4, description="the FAR whose TAR drop is checked (IJB-C set of eval params)")
+    max_accuracy_drop: float = Field(0.01, description="largest allowed verification-accuracy drop (fraction)")
+    max_tar_drop: float = Field(0.005, description="largest allowed TAR@far drop (fraction)")
+    out_dir: Path = Path("data/quantize")
+
+
 class Params(_Section):
     """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract).
 
@@ -162,8 +185,8 @@ class Params(_Section):
     pack: PackParams = PackParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
-    export: dict[str, Any] = {}
-    quantize: dict[str, Any] = {}
+    export: ExportParams = ExportParams()
+    quantize: QuantizeParams = QuantizeParams()
     publish: dict[str, Any] = {}
     mlflow: dict[str, Any] = {}
     gate: dict[str, Any] = {}

@@ -7,7 +7,6 @@ with exactly the same faces and protocol as the PyTorch model).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from components.models import get_model
+from components.models.loading import load_backbone
 
 
 class Embedder(Protocol):
@@ -40,20 +39,7 @@ class TorchEmbedder:
     @classmethod
     def from_dir(cls, model_dir: Path | str) -> TorchEmbedder:
         """Load ``backbone.pth`` + ``model.json`` as written by the train stage."""
-        model_dir = Path(model_dir)
-        config_path, weights_path = model_dir / "model.json", model_dir / "backbone.pth"
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: not found (the train stage writes backbone.pth and model.json)")
-        config = json.loads(config_path.read_text())
-        model = get_model(config["backbone"], embedding_size=int(config["embedding_size"]))
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"{weights_path}: weights do not match {config_path} "
-                             f"({config['backbone']}, {config['embedding_size']}-d): {str(exc).splitlines()[0]}"
-                             ) from None
+        model, config = load_backbone(model_dir)
         return cls(model, int(config["embedding_size"]))
 
     @torch.inference_mode()

@@ -25,9 +25,10 @@ bench: setup
 	$(UV) run --frozen python -m bench.train_e2e
 	$(UV) run --frozen python -m bench.eval_ijbc
 	$(UV) run --frozen python -m bench.quantize
+	$(UV) run --frozen python -m bench.triton_serving
 
 lint: setup
 	$(UV) run --frozen ruff check .
 
 clean:
-	rm -rf data/detect data/detect_cache data/aligned data/quality data/packed data/train data/eval data/export data/quantize reports/*.json reports/*.csv reports/bench
+	rm -rf data/detect data/detect_cache data/aligned data/quality data/packed data/train data/eval data/export data/quantize data/publish reports/*.json reports/*.csv reports/bench

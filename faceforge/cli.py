@@ -61,8 +61,22 @@ for _stage, _summary in [
     ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
     ("export", "Export the trained backbone to ONNX (dynamic batch, checked, parity-tested)."),
     ("quantize", "Quantize the ONNX model to INT8 (QDQ) and measure the accuracy it costs."),
+    ("publish", "Build the Triton repository, prove it in a real Triton, push it to publish.target if set."),
 ]:
     _stage_command(_stage, _summary)
+
+@app.command("rollback")
+def rollback_command(
+    to: Annotated[int | None, typer.Option("--to", help="version to serve (default: the one before)")] = None,
+    target: Annotated[str | None, typer.Option(help="serving repository (default: publish.target)")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Serve an earlier version of the model again (version policy only; nothing is deleted)."""
+    from pipelines.publish import rollback_to
+
+    _report_errors("rollback", lambda: rollback_to(load_params(params, set_ or []), to, target))
+
 
 eval_app = typer.Typer(add_completion=False, help="Evaluate a model: IJB-C 1:1/1:N and .bin verification sets.")
 app.add_typer(eval_app, name="eval")

@@ -172,6 +172,24 @@ class QuantizeParams(_Section):
     out_dir: Path = Path("data/quantize")
 
 
+class PublishParams(_Section):
+    model: Path = Field(Path("data/export/model.onnx"), description="the ONNX to serve (FP32, or the INT8 one)")
+    model_name: str = Field("faceforge-embedder", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    backend: Literal["onnxruntime", "python"] = "onnxruntime"
+    max_batch_size: int = Field(64, ge=0)
+    preferred_batch_sizes: list[int] = [8, 16, 32]
+    max_queue_delay_us: int = Field(2000, ge=0)
+    instance_kind: Literal["cpu", "gpu"] = "cpu"
+    instance_count: int = Field(1, ge=1)
+    tensorrt: bool = False
+    tensorrt_precision: Literal["FP32", "FP16"] = "FP16"
+    validate_with_triton: bool = Field(True, description="load the candidate in a real Triton and compare answers")
+    validation_faces: int = Field(16, ge=1)
+    max_abs_diff: float = Field(1e-5, gt=0)
+    candidate_dir: Path = Field(Path("data/publish"), description="the validated candidate repository (DVC out)")
+    target: str | None = Field(None, description="serving repository to push to: a folder or s3://bucket/prefix")
+
+
 class Params(_Section):
     """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract).
 
@@ -187,7 +205,7 @@ class Params(_Section):
     eval: EvalParams = EvalParams()
     export: ExportParams = ExportParams()
     quantize: QuantizeParams = QuantizeParams()
-    publish: dict[str, Any] = {}
+    publish: PublishParams = PublishParams()
     mlflow: dict[str, Any] = {}
     gate: dict[str, Any] = {}
 

@@ -1,0 +1,83 @@
+"""Infra-validation: load a built repository in a real Triton and check its answers against ONNX Runtime.
+
+Like TFX's InfraValidator, a model is only "blessed" for serving once a server has actually loaded it and
+answered real requests: a config Triton rejects, a missing file or a wrong tensor name fails here with
+Triton's own message, not in production.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+
+from components.serving.repository import MANIFEST
+from components.serving.store import file_sha256
+from components.serving.triton_config import ServingOptions, build_config, render
+from components.serving.triton_server import TritonError, TritonServer
+
+PYTHON_MODEL = Path(__file__).with_name("python_backend_model.py")
+
+
+def version_files(onnx_path: Path, backend: str) -> dict[str, Path]:
+    """What goes into a version folder for ``backend``."""
+    files = {"model.onnx": Path(onnx_path)}
+    if backend == "python":
+        files["model.py"] = PYTHON_MODEL
+    return files
+
+
+def write_repository(root: Path, name: str, onnx_path: Path, options: ServingOptions, version: int = 1) -> Path:
+    """A complete one-version local repository (the DVC candidate, or a validation variant)."""
+    version_dir = root / name / str(version)
+    version_dir.mkdir(parents=True)
+    checksums = {}
+    for file_name, source in version_files(onnx_path, options.backend).items():
+        (version_dir / file_name).write_bytes(source.read_bytes())
+        checksums[file_name] = file_sha256(source)
+    (version_dir / MANIFEST).write_text(json.dumps({"version": version, "sha256": checksums}, indent=2))
+    (root / name / "config.pbtxt").write_text(render(build_config(onnx_path, name, [version], options)))
+    return root / name
+
+
+def _infer(server: TritonServer, name: str, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    http = triton_http.InferenceServerClient(server.http_url)
+    grpc = triton_grpc.InferenceServerClient(server.grpc_url)
+    out_http, out_grpc = [], []
+    for start in range(0, len(x), batch):
+        chunk = np.ascontiguousarray(x[start:start + batch])
+        h = triton_http.InferInput("input", list(chunk.shape), "FP32")
+        h.set_data_from_numpy(chunk)
+        out_http.append(http.infer(name, [h]).as_numpy("embedding"))
+        g = triton_grpc.InferInput("input", list(chunk.shape), "FP32")
+        g.set_data_from_numpy(chunk)
+        out_grpc.append(grpc.infer(name, [g]).as_numpy("embedding"))
+    return np.concatenate(out_http), np.concatenate(out_grpc)
+
+
+def infra_validate(onnx_path: Path, name: str, options: ServingOptions, inputs: np.ndarray, reference: np.ndarray,
+                   workdir: Path, max_abs_diff: float = 1e-5) -> dict[str, Any]:
+    """Serve ``onnx_path`` with the python backend (the one the bundled Triton has), query over HTTP and gRPC."""
+    repo = workdir / "validation_repository"
+    write_repository(repo, name, onnx_path, replace(options, backend="python", instance_kind="cpu", tensorrt=False))
+    start = time.perf_counter()
+    with TritonServer(repo) as server:
+        startup = time.perf_counter() - start
+        if not triton_http.InferenceServerClient(server.http_url).is_model_ready(name):
+            raise TritonError(f"model {name} not ready:\n{server.errors()}")
+        batch = max(1, min(options.max_batch_size, 16))
+        via_http, via_grpc = _infer(server, name, inputs, batch)
+    result = {"server_startup_s": round(startup, 2), "faces": len(inputs),
+              "max_abs_diff_http": float(np.abs(via_http - reference).max()),
+              "max_abs_diff_grpc": float(np.abs(via_grpc - reference).max()), "tolerance": max_abs_diff}
+    result["passed"] = max(result["max_abs_diff_http"], result["max_abs_diff_grpc"]) <= max_abs_diff
+    if not result["passed"]:
+        raise TritonError(f"Triton's embeddings differ from ONNX Runtime's by up to "
+                          f"{max(result['max_abs_diff_http'], result['max_abs_diff_grpc']):.3g} (> {max_abs_diff})")
+    return result

@@ -78,6 +78,24 @@ def rollback_command(
     _report_errors("rollback", lambda: rollback_to(load_params(params, set_ or []), to, target))
 
 
+@app.command("gate")
+def gate_command(
+    champion: Annotated[Path | None, typer.Option(help="JSON of the champion's metrics (dotted keys)")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Fail-closed promotion gate over the reports; writes reports/gate.json + gate.md, exits 1 on fail."""
+    from flows.gate_cli import run_gate
+
+    def action() -> dict[str, Any]:
+        result = run_gate(load_params(params, set_ or []), champion)
+        if not result["passed"]:
+            raise RuntimeError("gate failed: " + "; ".join(result["reasons"]))
+        return result
+
+    _report_errors("gate", action)
+
+
 eval_app = typer.Typer(add_completion=False, help="Evaluate a model: IJB-C 1:1/1:N and .bin verification sets.")
 app.add_typer(eval_app, name="eval")
 

@@ -190,6 +190,15 @@ class PublishParams(_Section):
     target: str | None = Field(None, description="serving repository to push to: a folder or s3://bucket/prefix")
 
 
+class GateParams(_Section):
+    metric: str = Field("ijbc.tar_at_far_1e-4", description="dotted key in reports/eval.json that must improve")
+    min_improvement: float = Field(0.0, ge=0)
+    max_regression: float = Field(0.01, ge=0, description="largest allowed drop of any tracked metric")
+    tracked: list[str] = Field(default_factory=list, description="more reports/eval.json keys that must not regress")
+    floors: dict[str, float] = Field(default_factory=dict, description="absolute minima while there is no champion")
+    require_dvc_up_to_date: bool = True
+
+
 class Params(_Section):
     """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract).
 
@@ -207,7 +216,7 @@ class Params(_Section):
     quantize: QuantizeParams = QuantizeParams()
     publish: PublishParams = PublishParams()
     mlflow: dict[str, Any] = {}
-    gate: dict[str, Any] = {}
+    gate: GateParams = GateParams()
 
 
 class ParamsError(ValueError):

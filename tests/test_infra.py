@@ -1,0 +1,53 @@
+"""infra/: the compose deployment parses and is wired consistently (no Docker here to run it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+INFRA = Path(__file__).parents[1] / "infra"
+
+
+def _compose() -> dict:
+    return yaml.safe_load((INFRA / "compose.yaml").read_text())
+
+
+def _env_example() -> dict[str, str]:
+    lines = [ln for ln in (INFRA / ".env.example").read_text().splitlines() if ln and not ln.startswith("#")]
+    return dict(ln.split("=", 1) for ln in lines)
+
+
+def test_services_and_every_variable_is_defined() -> None:
+    compose = _compose()
+    assert set(compose["services"]) == {"postgres", "minio", "buckets", "mlflow", "prefect-server",
+                                        "prefect-worker", "triton"}
+    text = (INFRA / "compose.yaml").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)\}", text))
+    assert used <= set(_env_example()), used - set(_env_example())
+    assert _env_example()["BIND_ADDRESS"] == "127.0.0.1"  # nothing is exposed beyond the host by default
+
+
+def test_ports_bind_to_the_configured_address_and_services_have_healthchecks() -> None:
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS}:"), (name, port)
+        if name not in ("buckets", "prefect-worker"):  # a one-shot job and a client process
+            assert "healthcheck" in service, name
+
+
+def test_wiring_mlflow_prefect_triton() -> None:
+    services = _compose()["services"]
+    mlflow = services["mlflow"]["command"]
+    assert "postgresql://" in mlflow and "--artifacts-destination s3://${MLFLOW_BUCKET}" in mlflow
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    worker = services["prefect-worker"]["environment"]
+    assert worker["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    triton = services["triton"]
+    assert "s3://minio:9000/${MODELS_BUCKET}/triton" in triton["command"]
+    assert "--model-control-mode=poll" in triton["command"]
+    assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "uv sync --frozen" in (INFRA / "worker" / "Dockerfile").read_text()
+    assert "CREATE DATABASE mlflow" in (INFRA / "postgres" / "init.sql").read_text()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.serving.store import file_sha256
+from components.io.raw_folder import sha256_file
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def evaluate_gate(config: GateConfig, reports: Path, model_path: Path, champion:
           "no passing Triton infra-validation in reports/publish.json")
 
     export = _read(reports / "export.json") or {}
-    actual = file_sha256(model_path) if model_path.is_file() else None
+    actual = sha256_file(model_path) if model_path.is_file() else None
     exported = export.get("sha256", {})
     quantized = quantize.get("sha256", {})
     produced = set(exported.values()) | {quantized.get("int8")}  # the served file is the FP32 or the INT8 one

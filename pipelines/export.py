@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -12,19 +11,12 @@ from components.evaluation.embedders import OnnxEmbedder, TorchEmbedder
 from components.export import INPUT, OUTPUT, agreement, export_onnx, to_fp16
 from components.export.faces import sample_faces
 from components.io.atomic import atomic_dir
+from components.io.raw_folder import sha256_file
 from components.models.loading import load_backbone
 from pipelines.common import timed, write_report
 from pipelines.params import Params
 
 STAGE = "export"
-
-
-def sha256(path: Any) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -45,6 +37,6 @@ def run(params: Params) -> dict[str, Any]:
         serving = config | {"input": INPUT, "output": OUTPUT, "input_layout": "NCHW float32 RGB",
                             "opset": report["export"]["opset"], "torch": torch.__version__}
         (tmp / "model.json").write_text(json.dumps(serving, indent=2) + "\n")
-        report["sha256"] = {f.name: sha256(f) for f in sorted(tmp.glob("*.onnx"))}
+        report["sha256"] = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.onnx"))}
     write_report(STAGE, report)
     return report

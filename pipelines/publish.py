@@ -20,8 +20,9 @@ import yaml
 from components.evaluation.embedders import OnnxEmbedder, to_input
 from components.export.faces import sample_faces
 from components.io.atomic import atomic_dir
+from components.io.raw_folder import sha256_file
 from components.serving.repository import check_model_name, publish_version, rollback
-from components.serving.store import file_sha256, open_store
+from components.serving.store import open_store
 from components.serving.triton_config import ServingOptions, build_config, render
 from components.serving.validation import infra_validate, version_files, write_repository
 from pipelines.common import REPORTS, timed, write_report
@@ -59,7 +60,7 @@ def lineage(params: Params, onnx_path: Path) -> dict[str, str]:
         metrics = {k: v for k, v in ijbc.items() if k.startswith("tar_at_far") and v is not None}
         metrics |= {f"{n}.accuracy": m["accuracy"] for n, m in report.get("verification", {}).items()}
     return {"git_revision": _git_revision(), "dvc_data_hash": _data_hash(params),
-            "mlflow_run_id": os.environ.get("MLFLOW_RUN_ID", ""), "model_sha256": file_sha256(onnx_path),
+            "mlflow_run_id": os.environ.get("MLFLOW_RUN_ID", ""), "model_sha256": sha256_file(onnx_path),
             "metrics": json.dumps(metrics, sort_keys=True)}
 
 

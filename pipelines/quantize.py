@@ -18,9 +18,9 @@ from components.evaluation.roc import rate_key
 from components.export import agreement, quantize_int8
 from components.export.faces import sample_faces
 from components.io.atomic import atomic_dir
+from components.io.raw_folder import sha256_file
 from pipelines.common import timed, write_report
 from pipelines.eval import evaluate_bin_set, evaluate_ijbc_set, ijbc_options
-from pipelines.export import sha256
 from pipelines.params import Params
 
 STAGE = "quantize"
@@ -79,8 +79,8 @@ def run(params: Params) -> dict[str, Any]:
             if fp32_feats.size:
                 report["embedding_agreement"] = agreement(fp32_feats, int8_feats)
             report["drop"], reasons = _drops(fp32, int8, params)
-            report.update(passed=not reasons, reasons=reasons, sha256={"fp32": sha256(q.model),
-                                                                       "int8": sha256(int8_path)})
+            report.update(passed=not reasons, reasons=reasons, sha256={"fp32": sha256_file(q.model),
+                                                                       "int8": sha256_file(int8_path)})
             if reasons:
                 raise QuantizationRejected("; ".join(reasons))
     except QuantizationRejected as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from components.serving.store import file_sha256
+from components.io.raw_folder import sha256_file
 from faceforge.cli import app
 from flows.gate import GateConfig, evaluate_gate, lookup
 
@@ -21,7 +21,7 @@ def _reports(root: Path, tar: float | None = 0.8, accuracy: float = 0.95, quanti
     reports, model = root / "reports", root / "model.onnx"
     reports.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"onnx bytes")
-    sha = file_sha256(model)
+    sha = sha256_file(model)
     write = lambda name, payload: (reports / name).write_text(json.dumps(payload))  # noqa: E731
     write("quality_filter.json", {"validation": {"success": True}})
     write("eval.json", {"ijbc": {"tar_at_far_1e-4": tar}, "verification": {"lfw": {"accuracy": accuracy}}})

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.serving.store import Store, StoreError, file_sha256
+from components.io.raw_folder import sha256_file
+from components.serving.store import Store, StoreError
 from components.serving.triton_config import served_versions, with_served_versions
 
 MANIFEST = "faceforge.json"
@@ -62,7 +63,7 @@ def publish_version(store: Store, model: str, files: dict[str, Path], config_for
         checksums = {}
         for name, path in files.items():
             store.upload(prefix + name, Path(path))
-            expected, stored = file_sha256(Path(path)), store.sha256(prefix + name)
+            expected, stored = sha256_file(Path(path)), store.sha256(prefix + name)
             if stored != expected:
                 raise StoreError(f"{store.url}/{prefix}{name}: stored checksum {stored[:12]} != {expected[:12]}")
             checksums[name] = expected

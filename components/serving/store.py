@@ -7,12 +7,13 @@ MinIO or a test server.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
+
+from components.io.raw_folder import sha256_file, sha256_stream
 
 
 class StoreError(RuntimeError):
@@ -28,14 +29,6 @@ class Store(Protocol):
     def upload(self, key: str, source: Path) -> None: ...
     def sha256(self, key: str) -> str: ...
     def delete_prefix(self, prefix: str) -> None: ...
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LocalStore:
@@ -68,7 +61,7 @@ class LocalStore:
         os.replace(tmp, path)
 
     def sha256(self, key: str) -> str:
-        return file_sha256(self.root / key)
+        return sha256_file(self.root / key)
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.root / prefix, ignore_errors=True)
@@ -126,10 +119,7 @@ class S3Store:
     def sha256(self, key: str) -> str:
         """Hash of the stored bytes, streamed back: what a reader will get, not what was sent."""
         body = self._call(f"reading {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))["Body"]
-        digest = hashlib.sha256()
-        for block in iter(lambda: body.read(1 << 20), b""):
-            digest.update(block)
-        return digest.hexdigest()
+        return sha256_stream(body)
 
     def delete_prefix(self, prefix: str) -> None:
         for key in self.list(prefix):

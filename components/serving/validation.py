@@ -17,8 +17,8 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
+from components.io.raw_folder import sha256_file
 from components.serving.repository import MANIFEST
-from components.serving.store import file_sha256
 from components.serving.triton_config import ServingOptions, build_config, render
 from components.serving.triton_server import TritonError, TritonServer
 
@@ -40,7 +40,7 @@ def write_repository(root: Path, name: str, onnx_path: Path, options: ServingOpt
     checksums = {}
     for file_name, source in version_files(onnx_path, options.backend).items():
         (version_dir / file_name).write_bytes(source.read_bytes())
-        checksums[file_name] = file_sha256(source)
+        checksums[file_name] = sha256_file(source)
     (version_dir / MANIFEST).write_text(json.dumps({"version": version, "sha256": checksums}, indent=2))
     (root / name / "config.pbtxt").write_text(render(build_config(onnx_path, name, [version], options)))
     return root / name

@@ -11,20 +11,9 @@ Results are reported per gallery and as the mean of G1 and G2, as papers report 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from components.evaluation.roc import rate_key
-
-
-def _threshold(nonmated_top: np.ndarray, fpir: float) -> float | None:
-    k = math.floor(fpir * len(nonmated_top) + 1e-9)
-    if k < 1 or len(nonmated_top) == 0:
-        return None
-    if k >= len(nonmated_top):
-        return -math.inf
-    return float(np.sort(nonmated_top)[len(nonmated_top) - 1 - k])
+from components.evaluation.roc import accept_cut, rate_key
 
 
 def identify(probe_feats: np.ndarray, probe_subjects: np.ndarray, gallery_feats: np.ndarray,
@@ -58,9 +47,10 @@ def identify(probe_feats: np.ndarray, probe_subjects: np.ndarray, gallery_feats:
         raise ValueError("no probe has a mate in the gallery")
     for k in ranks:
         out[f"rank{k}"] = round(float(np.count_nonzero(mate_rank[mated] <= k)) / n_mated, 6)
+    nonmated_top = np.sort(top_score[~mated])
     for fpir in fpirs:
         key = rate_key("tpir_at_fpir", fpir)
-        t = _threshold(top_score[~mated], fpir)
+        t = accept_cut(nonmated_top, fpir)
         hit = (mate_rank[mated] == 1) & (mate_score[mated] > t) if t is not None else None
         out[key] = None if hit is None else round(float(np.count_nonzero(hit)) / n_mated, 6)
     return out

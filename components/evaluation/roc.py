@@ -68,17 +68,26 @@ def split_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return genuine, impostor
 
 
+def accept_cut(negatives_ascending: np.ndarray, rate: float) -> float | None:
+    """The rule above: the threshold t (accept when score > t) letting at most floor(rate x N) negatives
+    through, i.e. the (k+1)-th highest negative; None when the rate is below the 1/N resolution."""
+    n = len(negatives_ascending)
+    k = math.floor(rate * n + 1e-9)
+    if k < 1:
+        return None
+    return float(negatives_ascending[n - 1 - k]) if k < n else -math.inf
+
+
 def roc_summary(genuine: np.ndarray, impostor: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS) -> RocSummary:
     neg = np.sort(impostor)  # ascending; one sort serves every target and the AUC
     n_neg = len(neg)
     tar: dict[float, float] = {}
     thresholds: dict[float, float] = {}
     for far in fars:
-        k = math.floor(far * n_neg + 1e-9)
-        if k < 1:
+        cut = accept_cut(neg, far)
+        if cut is None:
             tar[far] = thresholds[far] = float("nan")
             continue
-        cut = float(neg[n_neg - 1 - k]) if k < n_neg else -math.inf
         tar[far] = float(np.count_nonzero(genuine > cut)) / len(genuine)
         thresholds[far] = cut
     below = np.searchsorted(neg, genuine, side="left")

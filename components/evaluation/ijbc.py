@@ -126,8 +126,7 @@ def evaluate_ijbc(meta: IjbcMeta, features: np.ndarray, options: IjbcOptions = I
     timings["pool_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    scores = score_pairs(template_feats, index_in(meta.pair_t1, template_ids)[0],
-                         index_in(meta.pair_t2, template_ids)[0])
+    scores = score_pairs(template_feats, *meta.pair_index)  # rows of template_ids == meta.template_ids
     timings["score_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -39,8 +39,8 @@ class IjbcMeta:
     medias: np.ndarray  # int64 per image
     landmarks: np.ndarray  # float32 [n, 5, 2]
     scores: np.ndarray  # float32 detector scores
-    pair_t1: np.ndarray  # int64
-    pair_t2: np.ndarray
+    template_ids: np.ndarray  # sorted unique template ids: the row order of pooled template features
+    pair_index: tuple[np.ndarray, np.ndarray]  # each pair's two templates as positions in template_ids
     pair_label: np.ndarray  # bool
     galleries: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (templates, subjects)
     probes: tuple[np.ndarray, np.ndarray] | None = None
@@ -167,11 +167,14 @@ def read_ijbc_meta(root: Path | str, target: str = "ijbc", need_images: bool = T
     pair_path = meta / f"{target}_template_pair_label.txt"
     t1, t2, label = _read_columns(pair_path, "iii")
     known = np.unique(templates)
-    for column in (t1, t2):
-        unknown = np.flatnonzero(index_in(column, known)[1])
+    pair_index = []
+    for column in (t1, t2):  # one binary search per id both validates it and locates its template row
+        position, missing = index_in(column, known)
+        unknown = np.flatnonzero(missing)
         if unknown.size:
             i = unknown[0]
             raise ProtocolError(f"{pair_path}:{_line(i)}: template {column[i]} has no images in {tid_path.name}")
+        pair_index.append(position.astype(np.int32))
     bad_label = np.flatnonzero((label != 0) & (label != 1))
     if bad_label.size:
         i = bad_label[0]
@@ -187,5 +190,6 @@ def read_ijbc_meta(root: Path | str, target: str = "ijbc", need_images: bool = T
         galleries = {"G1": _read_subject_file(one_n[0], known), "G2": _read_subject_file(one_n[1], known)}
         probes = _read_subject_file(one_n[2], known)
     return IjbcMeta(root=root, target=target, images=names, templates=templates, medias=medias,
-                    landmarks=landmarks, scores=scores, pair_t1=t1, pair_t2=t2, pair_label=label.astype(bool),
+                    landmarks=landmarks, scores=scores, template_ids=known,
+                    pair_index=(pair_index[0], pair_index[1]), pair_label=label.astype(bool),
                     galleries=galleries, probes=probes)

@@ -20,9 +20,10 @@ import tritonclient.grpc as triton_grpc
 
 from components.evaluation.embedders import OnnxEmbedder, to_input
 from components.evaluation.verification import load_bin
+from components.serving.repository import publish_onnx
+from components.serving.store import LocalStore
 from components.serving.triton_config import ServingOptions
 from components.serving.triton_server import TritonServer
-from components.serving.validation import write_repository
 
 OUT = Path("reports/bench/triton_serving.json")
 MODEL, FACES = Path("data/export/model.onnx"), Path("data/eval_sets/orl_holdout.bin")
@@ -62,7 +63,7 @@ def main() -> None:
     options = ServingOptions(backend="python", max_batch_size=32, preferred_batch_sizes=(8, 16, 32),
                              max_queue_delay_us=2000)
     with tempfile.TemporaryDirectory() as tmp:
-        write_repository(Path(tmp) / "repo", "embedder", MODEL, options)
+        publish_onnx(LocalStore(Path(tmp) / "repo"), "embedder", MODEL, options, {})
         with TritonServer(Path(tmp) / "repo") as server:
             for concurrency in (1, 8, 32):
                 clients = [triton_grpc.InferenceServerClient(server.grpc_url) for _ in range(concurrency)]

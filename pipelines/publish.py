@@ -21,10 +21,10 @@ from components.evaluation.embedders import OnnxEmbedder, to_input
 from components.export.faces import sample_faces
 from components.io.atomic import atomic_dir
 from components.io.raw_folder import sha256_file
-from components.serving.repository import check_model_name, publish_version, rollback
-from components.serving.store import open_store
-from components.serving.triton_config import ServingOptions, build_config, render
-from components.serving.validation import infra_validate, version_files, write_repository
+from components.serving.repository import check_model_name, publish_onnx, rollback
+from components.serving.store import LocalStore, open_store
+from components.serving.triton_config import ServingOptions
+from components.serving.validation import infra_validate
 from pipelines.common import REPORTS, timed, write_report
 from pipelines.params import Params, PublishParams
 
@@ -73,9 +73,7 @@ def serving_options(p: PublishParams, lineage_tags: dict[str, str]) -> ServingOp
 
 def push(target: str, name: str, onnx_path: Path, options: ServingOptions, metadata: dict[str, Any]) -> dict[str, Any]:
     """Publish ``onnx_path`` as the next version in ``target`` and serve it."""
-    store = open_store(target)
-    version = publish_version(store, name, version_files(onnx_path, options.backend),
-                              lambda v: render(build_config(onnx_path, name, [v], options)), metadata)
+    version = publish_onnx(open_store(target), name, onnx_path, options, metadata)
     return {"target": target, "model_name": name, "version": version}
 
 
@@ -88,7 +86,7 @@ def run(params: Params) -> dict[str, Any]:
     options = serving_options(p, tags)
     report: dict[str, Any] = {"model": str(p.model), "model_name": name, "backend": p.backend, "lineage": tags}
     with timed(report), atomic_dir(p.candidate_dir) as tmp:
-        write_repository(tmp / "repository", name, Path(p.model), options)
+        publish_onnx(LocalStore(tmp / "repository"), name, Path(p.model), options, {"lineage": tags})
         if p.validate_with_triton:
             inputs = to_input(sample_faces(params.pack.out_dir, p.validation_faces, seed=1))
             reference = OnnxEmbedder(p.model).session.run(None, {"input": inputs})[0]

@@ -20,11 +20,19 @@ from components.export import export_onnx
 from components.models import get_model
 from components.recordio.insightface import FaceRecordDataset
 from components.serving import repository as repo_mod
-from components.serving.repository import check_model_name, complete_versions, publish_version, rollback, served
+from components.serving.repository import (
+    check_model_name,
+    complete_versions,
+    publish_onnx,
+    publish_version,
+    rollback,
+    served,
+    version_files,
+)
 from components.serving.store import LocalStore, StoreError, open_store
 from components.serving.triton_config import ServingOptions, build_config, parse, render, with_served_versions
 from components.serving.triton_server import TritonError, TritonServer
-from components.serving.validation import infra_validate, version_files, write_repository
+from components.serving.validation import infra_validate
 from components.training.batchnorm import recalibrate_batchnorm
 from faceforge.cli import app
 from pipelines.publish import push
@@ -161,7 +169,7 @@ def test_real_triton_serves_the_repository(onnx_model: Path, eval_sets: Path, tm
 
 def test_triton_refusal_fails_with_tritons_message(onnx_model: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    write_repository(repo, NAME, onnx_model, PYTHON)
+    publish_onnx(LocalStore(repo), NAME, onnx_model, PYTHON, {})
     config = repo / NAME / "config.pbtxt"
     config.write_text(config.read_text().replace('name: "embedding"', 'name: "embeddings"'))
     (repo / NAME / "1" / "model.py").write_text("raise ImportError('model.py is broken on purpose')\n")

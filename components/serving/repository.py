@@ -19,9 +19,16 @@ from typing import Any
 
 from components.io.raw_folder import sha256_file
 from components.serving.store import Store, StoreError
-from components.serving.triton_config import served_versions, with_served_versions
+from components.serving.triton_config import (
+    ServingOptions,
+    build_config,
+    render,
+    served_versions,
+    with_served_versions,
+)
 
 MANIFEST = "faceforge.json"
+PYTHON_MODEL = Path(__file__).with_name("python_backend_model.py")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -74,6 +81,21 @@ def publish_version(store: Store, model: str, files: dict[str, Path], config_for
         store.delete_prefix(prefix)  # a partial version must not linger as if it were a candidate
         raise
     return version
+
+
+def version_files(onnx_path: Path, backend: str) -> dict[str, Path]:
+    """What goes into a version folder for ``backend``."""
+    files = {"model.onnx": Path(onnx_path)}
+    if backend == "python":
+        files["model.py"] = PYTHON_MODEL
+    return files
+
+
+def publish_onnx(store: Store, model: str, onnx_path: Path, options: ServingOptions,
+                 metadata: dict[str, Any]) -> int:
+    """:func:`publish_version` for one ONNX model: the backend's files, the config generated from its graph."""
+    return publish_version(store, model, version_files(onnx_path, options.backend),
+                           lambda v: render(build_config(onnx_path, model, [v], options)), metadata)
 
 
 def rollback(store: Store, model: str, to: int | None = None) -> int:

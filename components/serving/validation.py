@@ -7,7 +7,6 @@ Triton's own message, not in production.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,33 +16,10 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
-from components.io.raw_folder import sha256_file
-from components.serving.repository import MANIFEST
-from components.serving.triton_config import ServingOptions, build_config, render
+from components.serving.repository import publish_onnx
+from components.serving.store import LocalStore
+from components.serving.triton_config import ServingOptions
 from components.serving.triton_server import TritonError, TritonServer
-
-PYTHON_MODEL = Path(__file__).with_name("python_backend_model.py")
-
-
-def version_files(onnx_path: Path, backend: str) -> dict[str, Path]:
-    """What goes into a version folder for ``backend``."""
-    files = {"model.onnx": Path(onnx_path)}
-    if backend == "python":
-        files["model.py"] = PYTHON_MODEL
-    return files
-
-
-def write_repository(root: Path, name: str, onnx_path: Path, options: ServingOptions, version: int = 1) -> Path:
-    """A complete one-version local repository (the DVC candidate, or a validation variant)."""
-    version_dir = root / name / str(version)
-    version_dir.mkdir(parents=True)
-    checksums = {}
-    for file_name, source in version_files(onnx_path, options.backend).items():
-        (version_dir / file_name).write_bytes(source.read_bytes())
-        checksums[file_name] = sha256_file(source)
-    (version_dir / MANIFEST).write_text(json.dumps({"version": version, "sha256": checksums}, indent=2))
-    (root / name / "config.pbtxt").write_text(render(build_config(onnx_path, name, [version], options)))
-    return root / name
 
 
 def _infer(server: TritonServer, name: str, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +41,8 @@ def infra_validate(onnx_path: Path, name: str, options: ServingOptions, inputs: 
                    workdir: Path, max_abs_diff: float = 1e-5) -> dict[str, Any]:
     """Serve ``onnx_path`` with the python backend (the one the bundled Triton has), query over HTTP and gRPC."""
     repo = workdir / "validation_repository"
-    write_repository(repo, name, onnx_path, replace(options, backend="python", instance_kind="cpu", tensorrt=False))
+    publish_onnx(LocalStore(repo), name, onnx_path,
+                 replace(options, backend="python", instance_kind="cpu", tensorrt=False), {})
     start = time.perf_counter()
     with TritonServer(repo) as server:
         startup = time.perf_counter() - start

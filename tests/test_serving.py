@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from components.serving.repository import (
 )
 from components.serving.store import LocalStore, StoreError, open_store
 from components.serving.triton_config import ServingOptions, build_config, parse, render, with_served_versions
-from components.serving.triton_server import TritonError, TritonServer
+from components.serving.triton_server import TritonError, TritonServer, free_port
 from components.serving.validation import infra_validate
 from components.training.batchnorm import recalibrate_batchnorm
 from faceforge.cli import app
@@ -115,9 +114,7 @@ def s3(monkeypatch: pytest.MonkeyPatch):
     """moto's S3 server on 127.0.0.1: a real S3 HTTP API that boto3 talks to over the network."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",

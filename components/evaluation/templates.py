@@ -42,9 +42,10 @@ def pool_templates(features: np.ndarray, templates: np.ndarray, medias: np.ndarr
     unique_templates, t_index = np.unique(templates, return_inverse=True)
     # One integer key per (template, media) so a media shared by two templates forms two groups.
     _, m_index = np.unique(medias, return_inverse=True)
-    media_key = t_index.astype(np.int64) * (int(m_index.max()) + 1) + m_index
+    n_media = int(m_index.max()) + 1
+    media_key = t_index.astype(np.int64) * n_media + m_index
     unique_keys, group = np.unique(media_key, return_inverse=True)
-    group_template = (unique_keys // (int(m_index.max()) + 1)).astype(np.int64)
+    group_template = (unique_keys // n_media).astype(np.int64)
 
     to_media = _mean_operator(group, len(unique_keys), weights)
     media_feats = np.asarray(to_media @ features, dtype=np.float32)

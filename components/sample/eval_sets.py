@@ -23,6 +23,7 @@ from components.detect.centerface import CenterFaceDetector, bundled_centerface_
 from components.evaluation.verification import write_bin
 from components.io.atomic import atomic_dir
 from components.sample.orl import IMAGES_PER_IDENTITY, load_orl_face
+from components.sample.raw_photos import encode_jpeg
 
 _MIRROR = [1, 0, 2, 4, 3]  # landmark order after a horizontal flip: eyes and mouth corners swap
 
@@ -92,13 +93,6 @@ def _view(rng: np.random.Generator, source: SourceFace, pose: np.ndarray | None 
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), landmarks, pose
 
 
-def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
-
-
 def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: EvalSetConfig,
                     target: str = "ijbc") -> dict[str, int]:
     rng = np.random.default_rng([config.seed, 1])
@@ -121,7 +115,7 @@ def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: Ev
                 img, lmk, pose = _view(rng, sources[subject][pick], pose, jitter=1.0 if frame else 0.0)
                 image_no += 1
                 name = f"{image_no}.jpg"
-                (crops / name).write_bytes(_jpeg(img, int(rng.integers(*config.jpeg_quality))))
+                (crops / name).write_bytes(encode_jpeg(img, int(rng.integers(*config.jpeg_quality))))
                 score = float(np.clip(sources[subject][pick].score * rng.uniform(0.85, 1.0), 0.05, 1.0))
                 tid_mid.append(f"{name} {template_id} {media_no}")
                 lmk_lines.append(name + " " + " ".join(f"{v:.3f}" for v in lmk.ravel()) + f" {score:.5f}")
@@ -150,7 +144,7 @@ def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: Ev
 
 def _aligned_view(rng: np.random.Generator, source: SourceFace, config: EvalSetConfig) -> bytes:
     img, lmk, _ = _view(rng, source)
-    return _jpeg(align_face(img, lmk)[0], int(rng.integers(*config.jpeg_quality)))
+    return encode_jpeg(align_face(img, lmk)[0], int(rng.integers(*config.jpeg_quality)))
 
 
 def write_verification_bin(path: Path, sources: dict[int, list[SourceFace]], config: EvalSetConfig) -> dict[str, int]:

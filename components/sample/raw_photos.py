@@ -76,6 +76,13 @@ def compose_photo(rng: np.random.Generator, face: np.ndarray, bystander: np.ndar
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int, name: str = "sample image") -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding failed for {name}")
+    return buf.tobytes()
+
+
 def write_sample_raw(out_dir: Path, config: SampleConfig) -> int:
     """Write ``out_dir/<identity>/<n>.jpg`` atomically (the whole folder appears at once); returns the count."""
     rng = np.random.default_rng(config.seed)
@@ -93,10 +100,6 @@ def write_sample_raw(out_dir: Path, config: SampleConfig) -> int:
             photo = compose_photo(rng, face, bystander, width, height)
             target = tmp / f"orl_s{subject:02d}" / f"{index:02d}.jpg"
             target.parent.mkdir(parents=True, exist_ok=True)
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
-            if not ok:
-                raise RuntimeError(f"JPEG encoding failed for {target}")
-            target.write_bytes(buf.tobytes())
+            target.write_bytes(encode_jpeg(photo, config.jpeg_quality, str(target)))
             count += 1
     return count

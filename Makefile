@@ -26,6 +26,7 @@ bench: setup
 	$(UV) run --frozen python -m bench.eval_ijbc
 	$(UV) run --frozen python -m bench.quantize
 	$(UV) run --frozen python -m bench.triton_serving
+	$(UV) run --frozen python -m bench.train_gpu   # measures only where CUDA is present
 
 lint: setup
 	$(UV) run --frozen ruff check .

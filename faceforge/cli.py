@@ -20,6 +20,17 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (validate
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
 
 
+TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the retrain flow retries a stage that exits with it (flows/dvc_stages.py)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Failures that may pass on their own: network, S3 endpoint, timeouts."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import EndpointConnectionError
+
+    return ConnectionError, TimeoutError, BotoConnectionError, EndpointConnectionError
+
+
 def _report_errors(command: str, action: Callable[[], dict[str, Any]]) -> None:
     """Run ``action`` and print its report; user errors become one line on stderr and a non-zero exit."""
     try:
@@ -27,6 +38,9 @@ def _report_errors(command: str, action: Callable[[], dict[str, Any]]) -> None:
     except ParamsError as exc:
         typer.echo(f"faceforge {command}: {exc}", err=True)
         raise typer.Exit(2) from None
+    except _transient_errors() as exc:
+        typer.echo(f"faceforge {command}: transient failure, worth retrying: {exc}".splitlines()[0], err=True)
+        raise typer.Exit(TRANSIENT_EXIT) from None
     except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         # One line on stderr (contract); the traceback would bury the file name users need.
         typer.echo(f"faceforge {command}: {exc}".splitlines()[0], err=True)
@@ -65,30 +79,113 @@ for _stage, _summary in [
 ]:
     _stage_command(_stage, _summary)
 
+TargetsOpt = Annotated[list[str] | None, typer.Option(
+    "--target", help="serving repository, a folder or s3://bucket/prefix (repeatable; default "
+    "FACEFORGE_SERVING_REPOSITORY or publish.serving_repository)")]
+
+
+@app.command("retrain")
+def retrain_command(
+    lock_timeout: Annotated[float | None, typer.Option(help="seconds to wait for a running retrain")] = None,
+    workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+) -> None:
+    """Prefect flow: dvc repro stage by stage, MLflow run + registered version, promotion gate (exit 1 on fail)."""
+    from flows.retrain import retrain
+
+    def action() -> dict[str, Any]:
+        summary = retrain(workspace=str(workspace), lock_timeout_s=lock_timeout)
+        if summary["gate"] != "pass":
+            raise RuntimeError(f"gate failed for version {summary['model_version']}: " + "; ".join(summary["reasons"]))
+        return summary
+
+    _report_errors("retrain", action)
+
+
+@app.command("promote")
+def promote_command(
+    target: TargetsOpt = None,
+    force: Annotated[bool, typer.Option(help="serve even a version that failed the gate (needs --reason)")] = False,
+    reason: Annotated[str | None, typer.Option(help="why --force; recorded on the model version")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Triton backend of the published version: onnxruntime | python (default publish.backend)")] = None,
+    workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+) -> None:
+    """Prefect flow: serve the MLflow version holding the `champion` alias (gate verdict and checksums enforced)."""
+    from flows.promote import promote
+
+    _report_errors("promote", lambda: promote(targets=target, force=force, reason=reason, backend=backend,
+                                              workspace=str(workspace)))
+
+
+@app.command("triton")
+def triton_command(
+    repository: Annotated[Path, typer.Option(help="a Triton model repository folder (promote --target)")],
+    http_port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1")] = 8001,
+) -> None:
+    """Serve a repository with the Triton bundled in nvidia-pytriton (python backend, CPU) until Ctrl-C.
+
+    For trying a promoted model on this machine (`faceforge promote --backend python`); production uses the
+    Triton container of infra/compose.yaml. Poll mode: promotions and rollbacks are picked up live."""
+    import signal
+    import time
+
+    from components.serving.triton_server import TritonError, TritonServer
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM (service managers, `timeout`) stops it like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with TritonServer(repository.resolve(), model_control="poll", http_port=http_port, grpc_port=grpc_port) as s:
+            typer.echo(f"Triton ready: http://{s.http_url} (HTTP/REST), {s.grpc_url} (gRPC); Ctrl-C stops it")
+            while True:
+                time.sleep(3600)
+    except TritonError as exc:
+        typer.echo(f"faceforge triton: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
 @app.command("rollback")
 def rollback_command(
     to: Annotated[int | None, typer.Option("--to", help="version to serve (default: the one before)")] = None,
-    target: Annotated[str | None, typer.Option(help="serving repository (default: publish.target)")] = None,
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
+    target: Annotated[str | None, typer.Option(help="serving repository (default: as promote)")] = None,
+    workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
 ) -> None:
-    """Serve an earlier version of the model again (version policy only; nothing is deleted)."""
-    from pipelines.publish import rollback_to
+    """Serve an earlier version again (version policy only, nothing deleted); the champion alias follows."""
+    from flows.promote import rollback
 
-    _report_errors("rollback", lambda: rollback_to(load_params(params, set_ or []), to, target))
+    _report_errors("rollback", lambda: rollback(to=to, target=target, workspace=str(workspace)))
+
+
+@app.command("serve-flows")
+def serve_flows_command(
+    cron: Annotated[str | None, typer.Option(help="retrain schedule (default mlflow.schedule_cron)")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Long-running: serve the cron `retrain` deployment and the `promote`/`rollback` ones to Prefect."""
+    from flows.deploy import serve_flows
+
+    loaded = load_params(params)
+    serve_flows(cron or loaded.mlflow.schedule_cron, str(Path(params).resolve().parent))
 
 
 @app.command("gate")
 def gate_command(
-    champion: Annotated[Path | None, typer.Option(help="JSON of the champion's metrics (dotted keys)")] = None,
+    champion: Annotated[Path | None, typer.Option(
+        help="JSON of the baseline's metrics (dotted keys); default: the registry's champion version")] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Fail-closed promotion gate over the reports; writes reports/gate.json + gate.md, exits 1 on fail."""
-    from flows.gate_cli import run_gate
+    from flows.gate_cli import champion_from, run_gate
 
     def action() -> dict[str, Any]:
-        result = run_gate(load_params(params, set_ or []), champion)
+        loaded = load_params(params, set_ or [])
+        source, baseline = champion_from(loaded, champion)
+        result = run_gate(loaded, baseline) | {"champion_source": source}
         if not result["passed"]:
             raise RuntimeError("gate failed: " + "; ".join(result["reasons"]))
         return result

@@ -6,17 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flows.dvc_stages import stale_stages
 from flows.gate import GateConfig, evaluate_gate
+from flows.tracking import champion_metrics, check_reachable, tracking_uri
 from pipelines.common import REPORTS, write_report
 from pipelines.params import Params
-
-
-def dvc_changes() -> list[str]:
-    """Stages whose outputs are stale, through DVC's Python API (DVC's own lineage is the truth)."""
-    from dvc.repo import Repo
-
-    with Repo(".") as repo:
-        return sorted(repo.status())
 
 
 def gate_config(params: Params) -> GateConfig:
@@ -25,13 +19,21 @@ def gate_config(params: Params) -> GateConfig:
                       tracked=tuple(g.tracked), floors=dict(g.floors), require_dvc_up_to_date=g.require_dvc_up_to_date)
 
 
-def run_gate(params: Params, champion_file: Path | None = None,
-             champion: dict[str, float] | None = None) -> dict[str, Any]:
+def champion_from(params: Params, champion_file: Path | None) -> tuple[str | None, dict[str, float] | None]:
+    """The baseline: a metrics file when given, else the registry's ``champion`` version (fail-closed: an
+    unreachable registry is an error, never "no champion, floors apply")."""
     if champion_file is not None:
         if not champion_file.is_file():
             raise FileNotFoundError(f"{champion_file}: champion metrics file not found")
-        champion = json.loads(champion_file.read_text())
-    result = evaluate_gate(gate_config(params), REPORTS, Path(params.publish.model), champion, dvc_changes)
+        return str(champion_file), json.loads(champion_file.read_text())
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    return champion_metrics(uri, params.mlflow.registered_model, params.mlflow.champion_alias)
+
+
+def run_gate(params: Params, champion: dict[str, float] | None) -> dict[str, Any]:
+    result = evaluate_gate(gate_config(params), REPORTS, Path(params.publish.model), champion,
+                           lambda: stale_stages(Path(".")))
     payload = result.as_dict()
     write_report("gate", payload)
     (REPORTS / "gate.md").write_text(result.markdown())

@@ -187,7 +187,9 @@ class PublishParams(_Section):
     validation_faces: int = Field(16, ge=1)
     max_abs_diff: float = Field(1e-5, gt=0)
     candidate_dir: Path = Field(Path("data/publish"), description="the validated candidate repository (DVC out)")
-    target: str | None = Field(None, description="serving repository to push to: a folder or s3://bucket/prefix")
+    target: str | None = Field(None, description="the stage itself pushes here too, ungated (manual use only)")
+    serving_repository: str | None = Field(None, description="where `faceforge promote` publishes the approved "
+                                           "model: a folder or s3://bucket/prefix; FACEFORGE_SERVING_REPOSITORY wins")
 
 
 class GateParams(_Section):
@@ -199,11 +201,23 @@ class GateParams(_Section):
     require_dvc_up_to_date: bool = True
 
 
-class Params(_Section):
-    """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract).
+class MlflowParams(_Section):
+    """Where runs and models go. ``MLFLOW_TRACKING_URI`` (a team's server) wins over ``tracking_uri``."""
 
-    Sections of later stages are accepted as free-form mappings until their issue gives them a schema.
-    """
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow backend; local SQLite by default")
+    experiment: str = "faceforge"
+    registered_model: str = Field("faceforge-embedder", description="registry name of the served ONNX embedder")
+    challenger_alias: str = "challenger"
+    champion_alias: str = Field("champion", description="set by a person in the MLflow UI; promote serves it")
+    lock_file: Path = Field(Path(".faceforge/retrain.lock"), description="one retrain at a time per workspace")
+    lock_timeout_s: float = Field(0.0, ge=0, description="how long a second retrain waits before refusing")
+    stage_retries: int = Field(2, ge=0, description="retries of a stage that failed transiently (exit code 75)")
+    retry_delay_s: float = Field(10.0, ge=0)
+    schedule_cron: str = Field("0 3 * * 1", description="retraining schedule of `faceforge serve-flows`")
+
+
+class Params(_Section):
+    """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract)."""
 
     data: DataParams = DataParams()
     detect: DetectParams = DetectParams()
@@ -215,7 +229,7 @@ class Params(_Section):
     export: ExportParams = ExportParams()
     quantize: QuantizeParams = QuantizeParams()
     publish: PublishParams = PublishParams()
-    mlflow: dict[str, Any] = {}
+    mlflow: MlflowParams = MlflowParams()
     gate: GateParams = GateParams()
 
 

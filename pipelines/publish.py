@@ -1,9 +1,10 @@
-"""DVC stage ``publish`` and ``faceforge rollback``: a Triton repository, proven by a real Triton server.
+"""DVC stage ``publish``: a Triton repository, proven by a real Triton server.
 
 The stage writes the candidate repository (``publish.candidate_dir``, one version) with ``config.pbtxt``
 generated from the ONNX graph, loads it in the bundled Triton (python-backend variant of the same ONNX, the
 backend that Triton build has), checks HTTP and gRPC answers against ONNX Runtime, and -- only then, and only
-when ``publish.target`` is set -- pushes it as the next version of the serving repository (folder or S3).
+when ``publish.target`` is set -- pushes it as the next version of that repository (folder or S3). Serving the
+approved model is ``faceforge promote``'s job (flows/serving.py), which reuses :func:`push`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from components.evaluation.embedders import OnnxEmbedder, to_input
 from components.export.faces import sample_faces
 from components.io.atomic import atomic_dir
 from components.io.raw_folder import sha256_file
-from components.serving.repository import check_model_name, publish_onnx, rollback
+from components.serving.repository import check_model_name, publish_onnx
 from components.serving.store import LocalStore, open_store
 from components.serving.triton_config import ServingOptions
 from components.serving.validation import infra_validate
@@ -98,11 +99,3 @@ def run(params: Params) -> dict[str, Any]:
     write_report(STAGE, report)
     return report
 
-
-def rollback_to(params: Params, to: int | None, target: str | None) -> dict[str, Any]:
-    target = target or params.publish.target
-    if not target:
-        raise ValueError("no serving repository: pass --target or set publish.target")
-    store = open_store(target)
-    version = rollback(store, params.publish.model_name, to)
-    return {"target": target, "model_name": params.publish.model_name, "served_version": version}

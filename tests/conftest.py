@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,15 @@ def sample_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample") / "raw"
     write_sample_raw(root, SampleConfig(identities=8, images_per_identity=6, seed=3))
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A throw-away Prefect API (temporary database) for tests that run flows, instead of the user's own."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture
@@ -57,3 +68,22 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save(get_model("mbf", 128).eval().state_dict(), root / "backbone.pth")
     (root / "model.json").write_text(json.dumps({"backbone": "mbf", "embedding_size": 128}))
     return root
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto's S3 server on 127.0.0.1: a real S3 HTTP API that boto3 talks to over the network."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from components.serving.triton_server import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="models")
+    yield boto3.client("s3")
+    server.stop()

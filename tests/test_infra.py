@@ -51,3 +51,34 @@ def test_wiring_mlflow_prefect_triton() -> None:
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "uv sync --frozen" in (INFRA / "worker" / "Dockerfile").read_text()
     assert "CREATE DATABASE mlflow" in (INFRA / "postgres" / "init.sql").read_text()
+
+
+def test_prefect_deployments_point_at_real_flows_on_the_workers_pool() -> None:
+    import importlib
+
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from pipelines.params import MlflowParams
+
+    spec = yaml.safe_load((INFRA.parent / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"scheduled", "on-approval", "manual"}
+    for deployment in deployments.values():
+        path, name = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert getattr(module, name).name == {"retrain": "retrain", "promote": "promote",
+                                              "rollback": "rollback"}[name]
+        assert deployment["work_pool"]["name"] == _env_example()["PREFECT_WORK_POOL"]
+        assert deployment["parameters"]["workspace"] == "/app"  # where infra/worker/Dockerfile puts the repo
+    cron = deployments["scheduled"]["schedules"][0]["cron"]
+    assert cron == MlflowParams().schedule_cron and CronSchedule(cron=cron).cron == cron
+    worker = _compose()["services"]["prefect-worker"]
+    assert "--pool ${PREFECT_WORK_POOL}" in worker["command"] and "WORKDIR /app" in (
+        INFRA / "worker" / "Dockerfile").read_text()
+    assert worker["environment"]["FACEFORGE_SERVING_REPOSITORY"].startswith("s3://")
+
+    from flows.deploy import deployments as served  # `faceforge serve-flows`: the same three, one machine
+
+    local = {d.name: d for d in served(cron, "/srv/faceforge")}
+    assert set(local) == set(deployments) and local["scheduled"].parameters == {"workspace": "/srv/faceforge"}
+    assert [s.schedule.cron for s in local["scheduled"].schedules] == [cron] and not local["on-approval"].schedules

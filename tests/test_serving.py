@@ -8,7 +8,6 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import boto3
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -30,7 +29,7 @@ from components.serving.repository import (
 )
 from components.serving.store import LocalStore, StoreError, open_store
 from components.serving.triton_config import ServingOptions, build_config, parse, render, with_served_versions
-from components.serving.triton_server import TritonError, TritonServer, free_port
+from components.serving.triton_server import TritonError, TritonServer
 from components.serving.validation import infra_validate
 from components.training.batchnorm import recalibrate_batchnorm
 from faceforge.cli import app
@@ -109,23 +108,7 @@ def test_model_names_that_escape_are_refused(bad: str) -> None:
         check_model_name(bad)
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch):
-    """moto's S3 server on 127.0.0.1: a real S3 HTTP API that boto3 talks to over the network."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3").create_bucket(Bucket="models")
-    yield boto3.client("s3")
-    server.stop()
-
-
-def test_s3_publish_and_rollback(onnx_model: Path, s3, tmp_path: Path) -> None:
+def test_s3_publish_and_rollback(onnx_model: Path, s3, tmp_path: Path, prefect_api: None) -> None:
     target = "s3://models/triton"
     first = push(target, NAME, onnx_model, PYTHON, {"lineage": {"git_revision": "abc"}})
     second = push(target, NAME, onnx_model, PYTHON, {})
@@ -136,16 +119,14 @@ def test_s3_publish_and_rollback(onnx_model: Path, s3, tmp_path: Path) -> None:
     assert list(parse(config, "s3").version_policy.specific.versions) == [2]
 
     (tmp_path / "params.yaml").write_text(f"publish:\n  model_name: {NAME}\n")
-    result = CliRunner().invoke(app, ["rollback", "--to", "1", "--target", target,
-                                      "--params", str(tmp_path / "params.yaml")])
+    result = CliRunner().invoke(app, ["rollback", "--to", "1", "--target", target, "--workspace", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert served(open_store(target), NAME) == [1]
     assert len(s3.list_objects_v2(Bucket="models")["Contents"]) == len(keys)  # nothing deleted
 
     with pytest.raises(StoreError, match="bucket 'missing' is not usable"):
         open_store("s3://missing/triton")
-    result = CliRunner().invoke(app, ["rollback", "--target", "s3://missing/x", "--params",
-                                      str(tmp_path / "params.yaml")])
+    result = CliRunner().invoke(app, ["rollback", "--target", "s3://missing/x", "--workspace", str(tmp_path)])
     assert result.exit_code == 1 and "bucket 'missing' is not usable" in result.output
 
 

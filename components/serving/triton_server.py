@@ -44,12 +44,12 @@ def pytriton_root() -> Path:
 class TritonServer:
     """``with TritonServer(repo) as server:`` -> ready server; ``server.http_url`` / ``server.grpc_url``."""
 
-    def __init__(self, repository: Path, startup_timeout_s: float = 120.0,
-                 model_control: str = "none") -> None:
+    def __init__(self, repository: Path, startup_timeout_s: float = 120.0, model_control: str = "none",
+                 http_port: int | None = None, grpc_port: int | None = None) -> None:
         self.repository = Path(repository)
         self.timeout = startup_timeout_s
         self.model_control = model_control
-        self.http_port, self.grpc_port = free_port(), free_port()
+        self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
         self.http_url, self.grpc_url = f"127.0.0.1:{self.http_port}", f"127.0.0.1:{self.grpc_port}"
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None

@@ -22,7 +22,8 @@ from components.serving.triton_config import ServingOptions
 from components.serving.triton_server import TritonError, TritonServer
 
 
-def _infer(server: TritonServer, name: str, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def query(server: TritonServer, name: str, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same faces over HTTP and over gRPC, in batches of ``batch``: (http embeddings, grpc embeddings)."""
     http = triton_http.InferenceServerClient(server.http_url)
     grpc = triton_grpc.InferenceServerClient(server.grpc_url)
     out_http, out_grpc = [], []
@@ -49,7 +50,7 @@ def infra_validate(onnx_path: Path, name: str, options: ServingOptions, inputs: 
         if not triton_http.InferenceServerClient(server.http_url).is_model_ready(name):
             raise TritonError(f"model {name} not ready:\n{server.errors()}")
         batch = max(1, min(options.max_batch_size, 16))
-        via_http, via_grpc = _infer(server, name, inputs, batch)
+        via_http, via_grpc = query(server, name, inputs, batch)
     result = {"server_startup_s": round(startup, 2), "faces": len(inputs),
               "max_abs_diff_http": float(np.abs(via_http - reference).max()),
               "max_abs_diff_grpc": float(np.abs(via_grpc - reference).max()), "tolerance": max_abs_diff}

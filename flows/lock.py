@@ -1,0 +1,65 @@
+"""One retraining or promotion at a time per workspace.
+
+Two runs at once would race on DVC outputs, registry versions and serving-repository version numbers. A file lock
+(``filelock``: works on every OS and is released by the OS if the holder dies) makes the second wait up to
+``mlflow.lock_timeout_s`` and then refuse with the holder's identity.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from pipelines.params import Params, load_params
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another run holds the workspace lock."""
+
+
+@contextmanager
+def exclusive(lock_file: Path, timeout_s: float, purpose: str) -> Iterator[None]:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    holder = lock_file.with_suffix(".holder")
+    lock = FileLock(str(lock_file))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        who = holder.read_text().strip() if holder.is_file() else "unknown"
+        raise WorkspaceBusy(f"{purpose}: another run holds {lock_file} ({who}); waited {timeout_s:g} s. "
+                            "Retry later or raise mlflow.lock_timeout_s") from None
+    try:
+        holder.write_text(f"{purpose} pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+@contextmanager
+def in_workspace(path: str | Path) -> Iterator[None]:
+    """DVC stages and reports are relative to the repository root; a worker may start anywhere."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextmanager
+def locked_workspace(workspace: str | Path, purpose: str, lock_timeout_s: float | None,
+                     overrides: list[str] | None = None) -> Iterator[Params]:
+    """What every flow starts with: the repository as working folder, its params, the workspace lock."""
+    with in_workspace(workspace):
+        params = load_params("params.yaml", overrides or [])
+        timeout = params.mlflow.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        with exclusive(params.mlflow.lock_file, timeout, purpose):
+            yield params

@@ -1,0 +1,140 @@
+"""Everything one retraining leaves in MLflow: params, curves, metrics, plots, Data Docs, lineage, the model.
+
+Called inside an active MLflow run. The registered model is the very ONNX file the gate checked (its SHA-256 is
+verified after MLflow wrote its copy), so the version a person approves is byte for byte what was evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import onnx
+from mlflow import MlflowClient
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+
+from components.io.raw_folder import sha256_file
+from flows.tracking import flatten, report_metrics, training_curve
+from pipelines.common import REPORTS
+from pipelines.params import Params
+
+MODEL_ARTIFACT = "model"
+_TAG_LIMIT = 5000  # MLflow caps tag values at 8000 characters; reasons are summarised, the report holds them all
+
+
+def log_params(params: Params) -> None:
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, list | dict) else v
+                       for k, v in flatten(params.model_dump(mode="json")).items()})
+
+
+def log_metrics(run_id: str) -> dict[str, float]:
+    """Every stage report's numbers, plus the training curve step by step (one batched call, not one per point)."""
+    metrics = report_metrics(REPORTS)
+    now = int(time.time() * 1000)
+    curve = [Metric(key, value, now, step) for step, row in training_curve(REPORTS / "train_loss.csv")
+             for key, value in row.items()]
+    points = [Metric(key, value, now, 0) for key, value in metrics.items()] + curve
+    client = MlflowClient()
+    for start in range(0, len(points), 1000):  # log_batch accepts at most 1000 metrics per call
+        client.log_batch(run_id, metrics=points[start:start + 1000])
+    return metrics
+
+
+def log_dataset(params: Params, data_hash: str) -> None:
+    """Lineage: the packed training set, identified by DVC's own hash of ``pack.out_dir``."""
+    source = HTTPDatasetSource(url=f"dvc://{params.pack.out_dir.as_posix()}@{data_hash}")
+    dataset = MetaDataset(source=source, name=params.pack.out_dir.name, digest=data_hash[:36])
+    mlflow.log_input(dataset, context="training", tags={"dvc.md5": data_hash})
+
+
+def log_artifacts(params: Params) -> None:
+    files = {
+        "eval": [params.eval.out_dir / "roc.png", params.eval.out_dir / "tar_far.md"],
+        "train": [params.train.out_dir / "loss.png", params.train.out_dir / "model.json"],
+        "quality": [params.quality_filter.out_dir / "quality.png"],
+        "reports": sorted(REPORTS.glob("*.json")) + sorted(REPORTS.glob("*.md")) + sorted(REPORTS.glob("*.csv")),
+    }
+    for folder, paths in files.items():
+        for path in paths:
+            if path.is_file():
+                mlflow.log_artifact(str(path), folder)
+    for folder, path in {"eval/roc": params.eval.out_dir / "roc",
+                         "data_docs": params.quality_filter.out_dir / "data_docs"}.items():
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), folder)
+
+
+def model_card(params: Params, lineage: dict[str, str], metrics: dict[str, float], gate: dict[str, Any]) -> str:
+    """The page a reviewer reads before setting ``champion``: what was trained on what, and how it scored."""
+    t = params.train
+    lines = [
+        f"# {params.mlflow.registered_model}", "",
+        "Face embedder: 112x112 RGB aligned face (`input`, float32, NCHW, [-1, 1]) -> "
+        f"L2-normalisable {t.embedding_size}-d `embedding`.", "",
+        "## Lineage", "",
+        f"- git revision: `{lineage['git_revision']}`",
+        f"- training data: `{params.pack.out_dir}` (DVC md5 `{lineage['dvc_data_hash']}`)",
+        f"- ONNX SHA-256: `{lineage['model_sha256']}` (`{params.publish.model}`)",
+        f"- backbone `{t.backbone}`, margin `{t.margin}` (s={t.s}, m1={t.m1}, m2={t.m2}, m3={t.m3}), "
+        f"Partial FC sample rate {t.sample_rate}, {t.max_steps} steps x {t.batch_size} per worker "
+        f"on {t.num_workers} workers, {t.precision}",
+        "", "## Evaluation", "", "| metric | value |", "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if k.startswith(("eval.", "quantize."))
+              and ("tar_at_far" in k or "accuracy" in k or "cosine" in k or "rank" in k)]
+    lines += ["", f"## Promotion gate: {gate['status'].upper()}", ""]
+    lines += [f"- {r}" for r in gate["reasons"]] or ["All checks passed."]
+    lines += ["", "## Intended use and limits", "",
+              "Face verification and identification on aligned faces. Accuracy holds only for faces like the "
+              "training set; check the evaluation sets above before serving a population they do not cover."]
+    return "\n".join(lines) + "\n"
+
+
+def signature(model: onnx.ModelProto) -> ModelSignature:
+    """Input/output tensor specs read from the graph itself (dynamic axes become -1)."""
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        return TensorSpec(np.dtype(dtype), dims, value.name)
+
+    return ModelSignature(inputs=Schema([spec(v) for v in model.graph.input]),
+                          outputs=Schema([spec(v) for v in model.graph.output]))
+
+
+def register_model(params: Params, model_path: Path, lineage: dict[str, str], gate: dict[str, Any]) -> str:
+    """Log the ONNX file under the run, register it, tag the version with its gate verdict and checksum."""
+    import onnxruntime
+
+    model = onnx.load(str(model_path))
+    info = mlflow.onnx.log_model(
+        model, name=MODEL_ARTIFACT, signature=signature(model), save_as_external_data=False,
+        registered_model_name=params.mlflow.registered_model,
+        # Explicit requirements: MLflow's inference would load the model in a subprocess just to guess them.
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        metadata={"faceforge": lineage},
+    )
+    version = str(info.registered_model_version)
+    name = params.mlflow.registered_model
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)) / "model.onnx"
+        if sha256_file(stored) != lineage["model_sha256"]:
+            raise RuntimeError(f"MLflow's copy of {model_path} differs from the file the gate checked "
+                               f"({sha256_file(stored)[:12]} vs {lineage['model_sha256'][:12]})")
+    client = MlflowClient()
+    tags = {"gate.status": gate["status"], "gate.reasons": "; ".join(gate["reasons"])[:_TAG_LIMIT],
+            "model_sha256": lineage["model_sha256"], "git_revision": lineage["git_revision"],
+            "dvc_data_hash": lineage["dvc_data_hash"], "onnx_file": str(model_path)}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if gate["passed"]:  # only a candidate that passed waits for a person's approval
+        client.set_registered_model_alias(name, params.mlflow.challenger_alias, version)
+    return version

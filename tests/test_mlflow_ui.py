@@ -31,7 +31,9 @@ def _registry(db: Path, artifacts: Path) -> None:
     uri = f"sqlite:///{db}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    mlflow.set_experiment(experiment_name="faceforge")
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.create_experiment("faceforge", artifact_location=artifacts.as_uri())  # not ./mlruns
+    mlflow.set_experiment(experiment_id=experiment)
     graph = helper.make_graph([helper.make_node("Identity", ["input"], ["embedding"])], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 4])])
@@ -40,7 +42,6 @@ def _registry(db: Path, artifacts: Path) -> None:
         with mlflow.start_run():
             mlflow.onnx.log_model(model, name="model", signature=signature(model), registered_model_name=NAME,
                                   pip_requirements=["onnxruntime"])
-    client = mlflow.MlflowClient(uri, uri)
     client.set_registered_model_alias(NAME, "champion", "1")
     client.set_registered_model_alias(NAME, "challenger", "2")
 

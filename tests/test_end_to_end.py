@@ -80,6 +80,8 @@ def _served_embeddings(repository: Path, faces: np.ndarray) -> tuple[np.ndarray,
         return query(server, NAME, faces, 4)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # ~7 min on 2 cores; the suite's 600 s default is for single-stage tests
 def test_retrain_approve_promote_serve_then_stop_a_worse_model(project: Path, prefect_api: None, s3: Any,
                                                                tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import pytest
 from components.sample.raw_photos import SampleConfig, write_sample_raw
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts in tests
 
 
 @pytest.fixture(scope="session")

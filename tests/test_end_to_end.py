@@ -121,6 +121,11 @@ def test_retrain_approve_promote_serve_then_stop_a_worse_model(project: Path, pr
     dataset = run.inputs.dataset_inputs[0]
     assert dataset.dataset.digest == version.tags["dvc_data_hash"][:36]
     assert client.get_registered_model(NAME).latest_versions  # visible on the Models page
+    from prefect.artifacts import Artifact  # what the Prefect UI shows on the flow run
+
+    assert "ijbc.tar_at_far_1e-1" in Artifact.get("faceforge-gate-metrics").data
+    retrain_report = Artifact.get("faceforge-retrain").data
+    assert "Promotion gate: **PASS**" in retrain_report and f"#/models/{NAME}/versions/1" in retrain_report
 
     # 2. Nothing approved yet: promote refuses and says where to click.
     local = tmp_path / "serving"

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from components.training.checkpoint import TRAINER
+from components.training.checkpoint import META, TRAINER
 from components.training.config import TrainConfig
 from components.training.loop import TrainingInputError, train_worker
 from components.training.sessions import LocalSession
@@ -76,9 +76,14 @@ def _final_backbone(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoints[-1] / TRAINER, weights_only=False)["backbone"]
 
 
+def _complete(checkpoint: Path) -> bool:
+    """Both workers' files are in storage (a head shard appearing alone means the report is still in flight)."""
+    return all((checkpoint / name).exists() for name in (TRAINER, META, "head_rank0.pt", "head_rank1.pt"))
+
+
 def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list[int], stop: threading.Event) -> None:
     while not stop.is_set():
-        if any((p / "head_rank1.pt").exists() for p in storage.rglob("checkpoint_*")):
+        if any(_complete(p) for p in storage.rglob("checkpoint_*")):
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
                     proc.kill()

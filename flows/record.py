@@ -28,7 +28,12 @@ from pipelines.common import REPORTS
 from pipelines.params import Params
 
 MODEL_ARTIFACT = "model"
-_TAG_LIMIT = 5000  # MLflow caps tag values at 8000 characters; reasons are summarised, the report holds them all
+TAG_LIMIT = 5000  # MLflow caps tag values at 8000 characters; long values are cut, the reports hold them whole
+
+
+def gate_tags(gate: dict[str, Any]) -> dict[str, str]:
+    """The verdict as the run and the model version both carry it (``gate.status`` / ``gate.reasons``)."""
+    return {"gate.status": gate["status"], "gate.reasons": "; ".join(gate["reasons"])[:TAG_LIMIT]}
 
 
 def log_params(params: Params) -> None:
@@ -130,9 +135,8 @@ def register_model(params: Params, model_path: Path, lineage: dict[str, str], ga
             raise RuntimeError(f"MLflow's copy of {model_path} differs from the file the gate checked "
                                f"({sha256_file(stored)[:12]} vs {lineage['model_sha256'][:12]})")
     client = MlflowClient()
-    tags = {"gate.status": gate["status"], "gate.reasons": "; ".join(gate["reasons"])[:_TAG_LIMIT],
-            "model_sha256": lineage["model_sha256"], "git_revision": lineage["git_revision"],
-            "dvc_data_hash": lineage["dvc_data_hash"], "onnx_file": str(model_path)}
+    tags = gate_tags(gate) | {"model_sha256": lineage["model_sha256"], "git_revision": lineage["git_revision"],
+                              "dvc_data_hash": lineage["dvc_data_hash"], "onnx_file": str(model_path)}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     if gate["passed"]:  # only a candidate that passed waits for a person's approval

@@ -25,7 +25,15 @@ from prefect.runtime import flow_run
 from flows.dvc_stages import StageFailed, pipeline_stages, reproduce
 from flows.gate_cli import run_gate
 from flows.lock import locked_workspace
-from flows.record import log_artifacts, log_dataset, log_metrics, log_params, model_card, register_model
+from flows.record import (
+    gate_tags,
+    log_artifacts,
+    log_dataset,
+    log_metrics,
+    log_params,
+    model_card,
+    register_model,
+)
 from flows.tracking import champion_metrics, check_reachable, tracking_uri
 from pipelines.common import REPORTS
 from pipelines.params import Params
@@ -62,8 +70,7 @@ def record_run(params: Params, run_id: str, verdict: dict[str, Any]) -> dict[str
     log_dataset(params, tags["dvc_data_hash"])
     log_artifacts(params)
     mlflow.log_text(model_card(params, tags, metrics, verdict), "model_card.md")
-    mlflow.set_tags({"gate.status": verdict["status"], "gate.reasons": "; ".join(verdict["reasons"])[:5000],
-                     "git_revision": tags["git_revision"], "dvc_data_hash": tags["dvc_data_hash"]})
+    mlflow.set_tags(gate_tags(verdict) | {"git_revision": tags["git_revision"], "dvc_data_hash": tags["dvc_data_hash"]})
     version = register_model(params, Path(params.publish.model), tags, verdict)
     return {"metrics": metrics, "model_version": version}
 

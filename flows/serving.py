@@ -19,6 +19,7 @@ from typing import Any
 from components.io.raw_folder import sha256_file
 from components.serving.repository import read_manifest, rollback, served
 from components.serving.store import open_store
+from flows.record import TAG_LIMIT
 from flows.tracking import check_reachable, tracking_uri
 from pipelines.params import Params
 from pipelines.publish import push, serving_options
@@ -116,7 +117,7 @@ def promote(params: Params, targets: list[str] | None = None, force: bool = Fals
         record |= {"forced": True, "reason": reason}
         client.set_model_version_tag(name, version.version, "promote.forced", "true")
         client.set_model_version_tag(name, version.version, "promote.reason", reason)
-    client.set_model_version_tag(name, version.version, "promote.last", json.dumps(record, sort_keys=True)[:5000])
+    client.set_model_version_tag(name, version.version, "promote.last", json.dumps(record, sort_keys=True)[:TAG_LIMIT])
     if params.mlflow.challenger_alias in version.aliases:  # approved and served: no longer waiting for review
         client.delete_registered_model_alias(name, params.mlflow.challenger_alias)
     return {"model": name, "model_version": str(version.version), "gate_status": status, **record}

@@ -12,15 +12,13 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.dvc_stages import TRANSIENT_EXIT  # the exit code the retrain flow retries
 from pipelines.params import ParamsError, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (validated on load)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
-
-
-TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the retrain flow retries a stage that exits with it (flows/dvc_stages.py)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:

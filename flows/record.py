@@ -131,9 +131,10 @@ def register_model(params: Params, model_path: Path, lineage: dict[str, str], ga
     name = params.mlflow.registered_model
     with tempfile.TemporaryDirectory() as tmp:
         stored = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)) / "model.onnx"
-        if sha256_file(stored) != lineage["model_sha256"]:
+        stored_sha = sha256_file(stored)
+        if stored_sha != lineage["model_sha256"]:
             raise RuntimeError(f"MLflow's copy of {model_path} differs from the file the gate checked "
-                               f"({sha256_file(stored)[:12]} vs {lineage['model_sha256'][:12]})")
+                               f"({stored_sha[:12]} vs {lineage['model_sha256'][:12]})")
     client = MlflowClient()
     tags = gate_tags(gate) | {"model_sha256": lineage["model_sha256"], "git_revision": lineage["git_revision"],
                               "dvc_data_hash": lineage["dvc_data_hash"], "onnx_file": str(model_path)}

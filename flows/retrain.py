@@ -41,13 +41,9 @@ from pipelines.publish import lineage
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except StageFailed as exc:
-        return exc.transient
-    except Exception:  # noqa: BLE001 - anything else (bad data, a bug) fails the same way again
-        return False
-    return False
+    """Retry only a stage that said its failure may pass; bad data or a bug fails the same way again."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, StageFailed) and error.transient
 
 
 @task(task_run_name="dvc:{stage}", cache_policy=NO_CACHE)  # DVC is the cache; Prefect must not skip a stage

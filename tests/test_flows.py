@@ -27,6 +27,13 @@ def _dvc_project(root: Path, stages: dict[str, dict]) -> Path:
     return root
 
 
+def _fails_once(marker: Path, out: str) -> str:
+    """A stage command that exits 75 (transient) on its first run, then succeeds and writes ``out``."""
+    return (f"{sys.executable} -c \"import pathlib, sys; p = pathlib.Path(r'{marker}'); n = int(p.read_text()) "
+            f"if p.exists() else 0; p.write_text(str(n + 1)); sys.exit({TRANSIENT_EXIT} if n == 0 else 0)\" "
+            f"&& echo ok > {out}")
+
+
 def test_pipeline_order_and_publish_params_exclude_serving_repository() -> None:
     assert pipeline_stages(REPO) == ["detect", "align", "quality_filter", "pack", "train", "eval", "export",
                                      "quantize", "publish"]
@@ -36,14 +43,10 @@ def test_pipeline_order_and_publish_params_exclude_serving_repository() -> None:
 
 
 def test_reproduce_runs_skips_and_classifies_failures(tmp_path: Path) -> None:
-    marker = tmp_path / "attempts"
-    flaky = (f"{sys.executable} -c \"import pathlib, sys; p = pathlib.Path(r'{marker}'); n = int(p.read_text()) "
-             f"if p.exists() else 0; p.write_text(str(n + 1)); sys.exit({TRANSIENT_EXIT} if n == 0 else 0)\" "
-             "&& echo ok > flaky.txt")
     root = _dvc_project(tmp_path / "p", {
         "make": {"cmd": "echo hello > a.txt", "outs": ["a.txt"]},
         "broken": {"cmd": "exit 3", "deps": ["a.txt"], "outs": ["b.txt"]},
-        "flaky": {"cmd": flaky, "deps": ["a.txt"], "outs": ["flaky.txt"]},
+        "flaky": {"cmd": _fails_once(tmp_path / "attempts", "flaky.txt"), "deps": ["a.txt"], "outs": ["flaky.txt"]},
     })
     assert reproduce("make", root) is True
     assert reproduce("make", root) is False  # unchanged: skipped, as `dvc repro` would
@@ -64,10 +67,7 @@ def test_transient_stage_failure_is_retried_by_prefect(tmp_path: Path, prefect_a
     from flows.retrain import _transient, run_stage
 
     marker = tmp_path / "attempts"
-    cmd = (f"{sys.executable} -c \"import pathlib, sys; p = pathlib.Path(r'{marker}'); n = int(p.read_text()) "
-           f"if p.exists() else 0; p.write_text(str(n + 1)); sys.exit({TRANSIENT_EXIT} if n == 0 else 0)\" "
-           "&& echo ok > out.txt")
-    root = _dvc_project(tmp_path / "p", {"flaky": {"cmd": cmd, "outs": ["out.txt"]},
+    root = _dvc_project(tmp_path / "p", {"flaky": {"cmd": _fails_once(marker, "out.txt"), "outs": ["out.txt"]},
                                          "bad": {"cmd": "exit 1", "outs": ["bad.txt"]}})
 
     @flow

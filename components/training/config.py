@@ -28,7 +28,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = epochs x steps per epoch
     batch_size: int = 64  # per worker
     grad_accumulation: int = 1
-    grad_clip: float = 5.0  # 0 = off
+    grad_clip: float = 5.0  # 0 = off; the backbone's gradient norm (components/training/loop.optimiser_step)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     num_workers: int = 2
     use_gpu: bool = False
@@ -38,3 +38,4 @@ class TrainConfig:
     max_failures: int = 2
     nonfinite_limit: int = 5
     log_every: int = 10
+    replica_check_every: int = 100  # steps between checks that data-parallel replicas are identical; 0 = off

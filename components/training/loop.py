@@ -25,6 +25,7 @@ from components.recordio.insightface import FaceRecordDataset, read_property
 from components.training.checkpoint import load_checkpoint, save_checkpoint
 from components.training.config import TrainConfig
 from components.training.optim import build_optimizer, build_scheduler
+from components.training.replicas import check_replicas
 
 
 class Session(Protocol):
@@ -89,6 +90,20 @@ def _batches(dataset: FaceRecordDataset, cfg: TrainConfig, session: Session, epo
                       num_workers=cfg.loader_workers, drop_last=True, pin_memory=session.device.type == "cuda")
 
 
+def optimiser_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, backbone: nn.Module,
+                   grad_clip: float) -> None:
+    """Clip, step, zero. The clip is over the **backbone's** gradient norm only, as arcface_torch clips
+    (``clip_grad_norm_(backbone.parameters(), 5)``): DDP made those gradients identical on every worker, so
+    every worker computes the same factor and the replicas stay identical. The head's centres are not clipped:
+    each worker's shard differs, and a norm including it gave each worker its own factor (README "Training")."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in backbone.parameters() if p.grad is not None], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     dataset = FaceRecordDataset(cfg.data_dir, seed=cfg.seed)
@@ -110,7 +125,6 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
 
     nonfinite = skipped = 0
     window_start, window_steps = time.perf_counter(), 0
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         micro_batches = iter(_batches(dataset, cfg, session, epoch, offset))
@@ -137,14 +151,11 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
                                              "lower train.lr, raise train.warmup_steps or use fp32")
             else:
                 nonfinite = 0
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                optimiser_step(optimizer, scaler, backbone, cfg.grad_clip)
             scheduler.step()
             step += 1
+            if cfg.replica_check_every and step % cfg.replica_check_every == 0:
+                check_replicas(backbone, step)
             window_steps += 1
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - window_start

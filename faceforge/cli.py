@@ -73,13 +73,29 @@ for _stage, _summary in [
     ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
     ("export", "Export the trained backbone to ONNX (dynamic batch, checked, parity-tested)."),
     ("quantize", "Quantize the ONNX model to INT8 (QDQ) and measure the accuracy it costs."),
-    ("publish", "Build the Triton repository, prove it in a real Triton, push it to publish.target if set."),
+    ("publish", "Build the candidate Triton repository and prove it in a real Triton (python-backend copy)."),
 ]:
     _stage_command(_stage, _summary)
 
-TargetsOpt = Annotated[list[str] | None, typer.Option(
-    "--target", help="serving repository, a folder or s3://bucket/prefix (repeatable; default "
-    "FACEFORGE_SERVING_REPOSITORY or publish.serving_repository)")]
+ServingOpt = Annotated[list[str] | None, typer.Option(
+    "--serving-repository", help="a folder or s3://bucket/prefix (repeatable; default FACEFORGE_SERVING_REPOSITORY, "
+    "else publish.serving_repository)")]
+
+
+def _prefect_reachable() -> None:
+    """With a Prefect server configured, say so in one line when it does not answer (exit 75), instead of a
+    client traceback after minutes of retries; without one, flows use Prefect's ephemeral local API."""
+    import os
+
+    import httpx
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ConnectionError(f"the Prefect API at {url} is unreachable ({type(exc).__name__}: {exc})") from None
 
 
 @app.command("retrain")
@@ -91,6 +107,7 @@ def retrain_command(
     from flows.retrain import retrain
 
     def action() -> dict[str, Any]:
+        _prefect_reachable()
         summary = retrain(workspace=str(workspace), lock_timeout_s=lock_timeout)
         if summary["gate"] != "pass":
             raise RuntimeError(f"gate failed for version {summary['model_version']}: " + "; ".join(summary["reasons"]))
@@ -101,30 +118,64 @@ def retrain_command(
 
 @app.command("promote")
 def promote_command(
-    target: TargetsOpt = None,
+    serving_repository: ServingOpt = None,
     force: Annotated[bool, typer.Option(help="serve even a version that failed the gate (needs --reason)")] = False,
     reason: Annotated[str | None, typer.Option(help="why --force; recorded on the model version")] = None,
     backend: Annotated[str | None, typer.Option(
         help="Triton backend of the published version: onnxruntime | python (default publish.backend)")] = None,
     workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
 ) -> None:
-    """Prefect flow: serve the MLflow version holding the `champion` alias (gate verdict and checksums enforced)."""
+    """Serve the MLflow version holding the `champion` alias now (what the approval watcher does by itself)."""
     from flows.promote import promote
 
-    _report_errors("promote", lambda: promote(targets=target, force=force, reason=reason, backend=backend,
-                                              workspace=str(workspace)))
+    def action() -> dict[str, Any]:
+        _prefect_reachable()
+        return promote(serving_repositories=serving_repository, force=force, reason=reason, backend=backend,
+                       workspace=str(workspace))
+
+    _report_errors("promote", action)
+
+
+@app.command("lineage")
+def lineage_command(
+    version: Annotated[str, typer.Argument(help="a version number, or an alias such as champion")] = "champion",
+    serving_repository: ServingOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of the summary")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Where a registered model came from and where it is served: data hash, git revision, params, metrics,
+    gate verdict, approval, serving repositories, MLflow run and Prefect flow run."""
+    from flows.lineage import describe, render_text
+    from flows.serving import registry_client, serving_repositories
+
+    loaded = load_params(params)
+    try:
+        repositories = serving_repositories(loaded, serving_repository)
+    except ValueError:
+        repositories = []
+    try:
+        record = describe(registry_client(loaded), loaded, version, repositories)
+    except _transient_errors() as exc:
+        typer.echo(f"faceforge lineage: transient failure, worth retrying: {exc}".splitlines()[0], err=True)
+        raise typer.Exit(TRANSIENT_EXIT) from None
+    except Exception as exc:  # noqa: BLE001 - an unknown version or alias: one line naming it
+        typer.echo(f"faceforge lineage: {loaded.mlflow.registered_model} {version}: {exc}".splitlines()[0], err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str) if as_json else render_text(record))
 
 
 @app.command("triton")
 def triton_command(
-    repository: Annotated[Path, typer.Option(help="a Triton model repository folder (promote --target)")],
+    repository: Annotated[str, typer.Option(help="a Triton model repository: folder or s3://bucket/prefix "
+                                            "(AWS_ENDPOINT_URL for MinIO)")],
     http_port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1")] = 8001,
+    poll_s: Annotated[int, typer.Option(help="how often Triton looks for a new served version")] = 5,
 ) -> None:
     """Serve a repository with the Triton bundled in nvidia-pytriton (python backend, CPU) until Ctrl-C.
 
-    For trying a promoted model on this machine (`faceforge promote --backend python`); production uses the
-    Triton container of infra/compose.yaml. Poll mode: promotions and rollbacks are picked up live."""
+    For trying served models on this machine (`publish.backend: python`); production uses the Triton container
+    of infra/compose.yaml. Poll mode: promotions and rollbacks are picked up live."""
     import signal
     import time
 
@@ -135,7 +186,8 @@ def triton_command(
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        with TritonServer(repository.resolve(), model_control="poll", http_port=http_port, grpc_port=grpc_port) as s:
+        with TritonServer(repository, model_control="poll", http_port=http_port, grpc_port=grpc_port,
+                          poll_s=poll_s) as s:
             typer.echo(f"Triton ready: http://{s.http_url} (HTTP/REST), {s.grpc_url} (gRPC); Ctrl-C stops it")
             while True:
                 time.sleep(3600)
@@ -149,25 +201,37 @@ def triton_command(
 @app.command("rollback")
 def rollback_command(
     to: Annotated[int | None, typer.Option("--to", help="version to serve (default: the one before)")] = None,
-    target: Annotated[str | None, typer.Option(help="serving repository (default: as promote)")] = None,
+    serving_repository: Annotated[str | None, typer.Option(
+        help="serving repository (default: as promote)")] = None,
     workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
 ) -> None:
     """Serve an earlier version again (version policy only, nothing deleted); the champion alias follows."""
     from flows.promote import rollback
 
-    _report_errors("rollback", lambda: rollback(to=to, target=target, workspace=str(workspace)))
+    def action() -> dict[str, Any]:
+        _prefect_reachable()
+        return rollback(to=to, serving_repository=serving_repository, workspace=str(workspace))
+
+    _report_errors("rollback", action)
 
 
 @app.command("serve-flows")
 def serve_flows_command(
-    cron: Annotated[str | None, typer.Option(help="retrain schedule (default mlflow.schedule_cron)")] = None,
+    cron: Annotated[str | None, typer.Option(help="retrain schedule (default orchestration.schedule_cron)")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Triton backend the watcher publishes: onnxruntime | python (default publish.backend)")] = None,
+    port: Annotated[int, typer.Option(help="port of the local Prefect server started when PREFECT_API_URL "
+                                      "is unset")] = 4200,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Long-running: serve the cron `retrain` deployment and the `promote`/`rollback` ones to Prefect."""
+    """Long-running: the cron `retrain`, the approval watcher (`promote` every orchestration.approval_poll_s s)
+    and the manual `rollback`, served to Prefect (a local Prefect server, UI included, unless PREFECT_API_URL
+    names one); a moved `champion` alias is served without anyone typing."""
     from flows.deploy import serve_flows
 
     loaded = load_params(params)
-    serve_flows(cron or loaded.mlflow.schedule_cron, str(Path(params).resolve().parent))
+    serve_flows(cron or loaded.orchestration.schedule_cron, loaded.orchestration.approval_poll_s,
+                str(Path(params).resolve().parent), backend, port)
 
 
 @app.command("gate")

@@ -28,7 +28,7 @@ class StageFailed(RuntimeError):
 
 
 def pipeline_stages(root: Path = Path(".")) -> list[str]:
-    """Stage names in dvc.yaml order, which is the pipeline's order (DESIGN.md contract)."""
+    """Stage names in dvc.yaml order, which is the pipeline's order (docs/architecture.md, "Contracts")."""
     return list((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
 
 

@@ -10,7 +10,8 @@ Checks (names are stable, they end up in MLflow tags and reports/gate.json):
 - ``no_regression``: no other tracked metric falls more than ``gate.max_regression`` below the champion's
   (or below its floor).
 - ``int8_accuracy``: the quantize stage passed its accuracy limits.
-- ``infra_validation``: a real Triton loaded the candidate and matched ONNX Runtime.
+- ``infra_validation``: a real Triton (the bundled one: python backend) loaded a python-backend copy of the
+  candidate ONNX and matched ONNX Runtime; an onnxruntime/TensorRT config is only schema-validated.
 - ``checksums``: the ONNX file on disk is the one exported, quantized and infra-validated.
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.io.raw_folder import sha256_file
+from components.io.checksums import sha256_file
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,17 @@ class GateResult:
     reasons: list[str]
     metrics: dict[str, float | None]
     champion: dict[str, float] | None
+    scope: dict[str, str] = field(default_factory=dict)  # what a check did verify, where that is less than its name
 
     def as_dict(self) -> dict[str, Any]:
         return {"status": "pass" if self.passed else "fail", "passed": self.passed, "checks": self.checks,
-                "reasons": self.reasons, "metrics": self.metrics, "champion": self.champion}
+                "reasons": self.reasons, "metrics": self.metrics, "champion": self.champion, "scope": self.scope}
 
     def markdown(self) -> str:
-        lines = [f"## Promotion gate: **{'PASS' if self.passed else 'FAIL'}**", "", "| check | result |", "|---|---|"]
-        lines += [f"| {name} | {'pass' if ok else 'FAIL'} |" for name, ok in self.checks.items()]
+        lines = [f"## Promotion gate: **{'PASS' if self.passed else 'FAIL'}**", "", "| check | result | scope |",
+                 "|---|---|---|"]
+        lines += [f"| {name} | {'pass' if ok else 'FAIL'} | {self.scope.get(name, '')} |"
+                  for name, ok in self.checks.items()]
         lines += ["", "| metric | candidate | champion |", "|---|---|---|"]
         for name, value in self.metrics.items():
             champ = (self.champion or {}).get(name)
@@ -145,8 +149,10 @@ def evaluate_gate(config: GateConfig, reports: Path, model_path: Path, champion:
           "; ".join(quantize.get("reasons", [])) or "reports/quantize.json is missing or did not pass")
 
     publish = _read(reports / "publish.json") or {}
-    check("infra_validation", publish.get("infra_validation", {}).get("passed") is True,
+    validation = publish.get("infra_validation", {})
+    check("infra_validation", validation.get("passed") is True,
           "no passing Triton infra-validation in reports/publish.json")
+    scope = {"infra_validation": _validation_scope(validation)}
 
     export = _read(reports / "export.json") or {}
     actual = sha256_file(model_path) if model_path.is_file() else None
@@ -159,4 +165,13 @@ def evaluate_gate(config: GateConfig, reports: Path, model_path: Path, champion:
     check("checksums", consistent,
           f"{model_path} ({(actual or 'missing')[:12]}) is not the file that was exported, quantized and validated")
     return GateResult(passed=all(checks.values()), checks=checks, reasons=reasons, metrics=metrics,
-                      champion=champion)
+                      champion=champion, scope=scope)
+
+
+def _validation_scope(validation: dict[str, Any]) -> str:
+    """Said on every verdict: the bundled Triton can load only a python-backend copy of the ONNX file."""
+    published = validation.get("published_backend", "onnxruntime")
+    if validation.get("published_config_loaded"):
+        return "the published python-backend repository was loaded in the bundled Triton"
+    return (f"a python-backend copy of the same ONNX was loaded in the bundled Triton; the published {published} "
+            "config was schema-validated only (no such backend in the bundled Triton)")

@@ -1,8 +1,11 @@
-"""One retraining or promotion at a time per workspace.
+"""One retraining, and one serving change, at a time per workspace.
 
-Two runs at once would race on DVC outputs, registry versions and serving-repository version numbers. A file lock
-(``filelock``: works on every OS and is released by the OS if the holder dies) makes the second wait up to
-``mlflow.lock_timeout_s`` and then refuse with the holder's identity.
+Two retrains at once would race on DVC outputs and registry versions; two serving runs (the approval watcher
+firing while someone runs ``promote`` or ``rollback``) on what a repository serves. Each has its own file lock
+(``filelock``: works on every OS and is released by the OS if the holder dies), so approving a model never
+waits for a training run: the second of a kind waits up to its timeout (``orchestration.lock_timeout_s``,
+``orchestration.serving_lock_timeout_s``) and then refuses with the holder's identity. Across machines, the
+serving repository's conditional writes keep version numbers unique (components/serving/repository.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from filelock import FileLock, Timeout
 
@@ -33,7 +37,7 @@ def exclusive(lock_file: Path, timeout_s: float, purpose: str) -> Iterator[None]
     except Timeout:
         who = holder.read_text().strip() if holder.is_file() else "unknown"
         raise WorkspaceBusy(f"{purpose}: another run holds {lock_file} ({who}); waited {timeout_s:g} s. "
-                            "Retry later or raise mlflow.lock_timeout_s") from None
+                            "Retry later or raise its orchestration.*lock_timeout_s") from None
     try:
         holder.write_text(f"{purpose} pid {os.getpid()} on {socket.gethostname()} since "
                           f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
@@ -55,11 +59,13 @@ def in_workspace(path: str | Path) -> Iterator[None]:
 
 
 @contextmanager
-def locked_workspace(workspace: str | Path, purpose: str, lock_timeout_s: float | None,
+def locked_workspace(workspace: str | Path, purpose: Literal["retrain", "serving"], lock_timeout_s: float | None,
                      overrides: list[str] | None = None) -> Iterator[Params]:
-    """What every flow starts with: the repository as working folder, its params, the workspace lock."""
+    """What every flow starts with: the repository as working folder, its params, the lock of its kind."""
     with in_workspace(workspace):
         params = load_params("params.yaml", overrides or [])
-        timeout = params.mlflow.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
-        with exclusive(params.mlflow.lock_file, timeout, purpose):
+        o = params.orchestration
+        lock_file, default = ((o.lock_file, o.lock_timeout_s) if purpose == "retrain"
+                              else (o.serving_lock_file, o.serving_lock_timeout_s))
+        with exclusive(lock_file, default if lock_timeout_s is None else lock_timeout_s, purpose):
             yield params

@@ -1,7 +1,10 @@
 """Prefect flows ``promote`` and ``rollback``: serve the approved model, or the one before it.
 
-The work is in flows/serving.py (usable without Prefect); these flows add the workspace lock, the run record
-in Prefect and a markdown artifact saying what each serving repository now serves.
+``promote`` is both the manual command and the approval watcher: the ``promote/on-approval`` deployment runs it
+every ``orchestration.approval_poll_s`` seconds with ``watching=True``, so a person moving the ``champion``
+alias in the MLflow UI is all it takes to serve a model (docs/architecture.md, "The approval loop"). The work
+is in flows/serving.py (usable without Prefect); these flows add the serving lock, the run record in Prefect
+and a markdown artifact whenever something changed or was refused.
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.lock import locked_workspace
-from flows.serving import promote as promote_champion
-from flows.serving import rollback_serving
+from flows.serving import rollback_serving, serve_champion
 
 
 def _artifact(key: str, title: str, result: dict[str, Any]) -> None:
@@ -22,22 +24,29 @@ def _artifact(key: str, title: str, result: dict[str, Any]) -> None:
 
 
 @flow(name="promote", log_prints=True)
-def promote(targets: list[str] | None = None, force: bool = False, reason: str | None = None,
+def promote(serving_repositories: list[str] | None = None, force: bool = False, reason: str | None = None,
             backend: Literal["onnxruntime", "python"] | None = None, workspace: str = ".",
-            lock_timeout_s: float | None = None) -> dict[str, Any]:
-    """Publish the version holding the ``champion`` alias to the serving repositories (checksums verified)."""
+            lock_timeout_s: float | None = None, watching: bool = False) -> dict[str, Any]:
+    """Serve the version holding the ``champion`` alias in every serving repository (checksums verified).
+
+    ``watching``: run by the approval watcher, where "nothing approved yet" and a refused (gate-failed)
+    champion are outcomes to record, not failures of the run."""
     overrides = [f"publish.backend={backend}"] if backend else []
-    with locked_workspace(workspace, "promote", lock_timeout_s, overrides) as params:
-        result = promote_champion(params, targets, force, reason)
-    _artifact("faceforge-promote", f"Serving {result['model']} version {result['model_version']}", result)
+    with locked_workspace(workspace, "serving", lock_timeout_s, overrides) as params:
+        result = serve_champion(params, serving_repositories, force, reason, require_champion=not watching)
+    if result.get("newly_refused"):
+        _artifact("faceforge-refused", f"Not served: {result['model']} version {result['model_version']}", result)
+    elif any(r["action"] != "already_served" for r in result["repositories"]):
+        _artifact("faceforge-promote", f"Serving {result['model']} version {result['model_version']}", result)
+    print(json.dumps(result, sort_keys=True))
     return result
 
 
 @flow(name="rollback", log_prints=True)
-def rollback(to: int | None = None, target: str | None = None, workspace: str = ".",
+def rollback(to: int | None = None, serving_repository: str | None = None, workspace: str = ".",
              lock_timeout_s: float | None = None) -> dict[str, Any]:
     """Serve an earlier repository version again; the ``champion`` alias follows it."""
-    with locked_workspace(workspace, "rollback", lock_timeout_s) as params:
-        result = rollback_serving(params, to, target)
+    with locked_workspace(workspace, "serving", lock_timeout_s) as params:
+        result = rollback_serving(params, to, serving_repository)
     _artifact("faceforge-rollback", f"Rolled back to version {result['served_version']}", result)
     return result

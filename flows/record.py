@@ -22,13 +22,14 @@ from mlflow.entities import Metric
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-from components.io.raw_folder import sha256_file
-from flows.tracking import flatten, report_metrics, training_curve
+from components.io.checksums import sha256_file
+from components.io.nested import flatten
+from components.serving.lineage import Lineage
+from flows.tracking import TAG_LIMIT, report_metrics, training_curve
 from pipelines.common import REPORTS
 from pipelines.params import Params
 
 MODEL_ARTIFACT = "model"
-TAG_LIMIT = 5000  # MLflow caps tag values at 8000 characters; long values are cut, the reports hold them whole
 
 
 def gate_tags(gate: dict[str, Any]) -> dict[str, str]:
@@ -78,7 +79,7 @@ def log_artifacts(params: Params) -> None:
             mlflow.log_artifacts(str(path), folder)
 
 
-def model_card(params: Params, lineage: dict[str, str], metrics: dict[str, float], gate: dict[str, Any]) -> str:
+def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate: dict[str, Any]) -> str:
     """The page a reviewer reads before setting ``champion``: what was trained on what, and how it scored."""
     t = params.train
     lines = [
@@ -86,9 +87,9 @@ def model_card(params: Params, lineage: dict[str, str], metrics: dict[str, float
         "Face embedder: 112x112 RGB aligned face (`input`, float32, NCHW, [-1, 1]) -> "
         f"L2-normalisable {t.embedding_size}-d `embedding`.", "",
         "## Lineage", "",
-        f"- git revision: `{lineage['git_revision']}`",
-        f"- training data: `{params.pack.out_dir}` (DVC md5 `{lineage['dvc_data_hash']}`)",
-        f"- ONNX SHA-256: `{lineage['model_sha256']}` (`{params.publish.model}`)",
+        f"- git revision: `{lineage.git_revision}`",
+        f"- training data: `{params.pack.out_dir}` (DVC md5 `{lineage.dvc_data_hash}`)",
+        f"- ONNX SHA-256: `{lineage.model_sha256}` (`{params.publish.model}`)",
         f"- backbone `{t.backbone}`, margin `{t.margin}` (s={t.s}, m1={t.m1}, m2={t.m2}, m3={t.m3}), "
         f"Partial FC sample rate {t.sample_rate}, {t.max_steps} steps x {t.batch_size} per worker "
         f"on {t.num_workers} workers, {t.precision}",
@@ -115,31 +116,46 @@ def signature(model: onnx.ModelProto) -> ModelSignature:
                           outputs=Schema([spec(v) for v in model.graph.output]))
 
 
-def register_model(params: Params, model_path: Path, lineage: dict[str, str], gate: dict[str, Any]) -> str:
-    """Log the ONNX file under the run, register it, tag the version with its gate verdict and checksum."""
+def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dict[str, Any]) -> str:
+    """Log the ONNX file under the run, check MLflow's stored copy byte for byte, then register it.
+
+    The version is created together with all its tags in one registry call (verdict, checksum, lineage), so a
+    tracking server dying half-way can leave an unregistered logged model but never a version without its
+    verdict. A retry of the same Prefect flow run finds the version it already created instead of adding one.
+    """
     import onnxruntime
 
+    client = MlflowClient()
+    name = params.mlflow.registered_model
+    tags = gate_tags(gate) | {"model_sha256": lineage.model_sha256, "git_revision": lineage.git_revision,
+                              "dvc_data_hash": lineage.dvc_data_hash, "onnx_file": str(model_path),
+                              "prefect.flow_run_id": lineage.prefect_flow_run_id or ""}
+    existing = _registered_by_this_flow_run(client, name, tags)
+    if existing is not None:
+        return existing
     model = onnx.load(str(model_path))
     info = mlflow.onnx.log_model(
         model, name=MODEL_ARTIFACT, signature=signature(model), save_as_external_data=False,
-        registered_model_name=params.mlflow.registered_model,
         # Explicit requirements: MLflow's inference would load the model in a subprocess just to guess them.
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-        metadata={"faceforge": lineage},
+        metadata={"faceforge": lineage.config_parameters()},
     )
-    version = str(info.registered_model_version)
-    name = params.mlflow.registered_model
     with tempfile.TemporaryDirectory() as tmp:
-        stored = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)) / "model.onnx"
+        stored = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)) / "model.onnx"
         stored_sha = sha256_file(stored)
-        if stored_sha != lineage["model_sha256"]:
+        if stored_sha != lineage.model_sha256:
             raise RuntimeError(f"MLflow's copy of {model_path} differs from the file the gate checked "
-                               f"({stored_sha[:12]} vs {lineage['model_sha256'][:12]})")
-    client = MlflowClient()
-    tags = gate_tags(gate) | {"model_sha256": lineage["model_sha256"], "git_revision": lineage["git_revision"],
-                              "dvc_data_hash": lineage["dvc_data_hash"], "onnx_file": str(model_path)}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+                               f"({stored_sha[:12]} vs {lineage.model_sha256[:12]})")
+    version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     if gate["passed"]:  # only a candidate that passed waits for a person's approval
         client.set_registered_model_alias(name, params.mlflow.challenger_alias, version)
     return version
+
+
+def _registered_by_this_flow_run(client: MlflowClient, name: str, tags: dict[str, str]) -> str | None:
+    if not tags["prefect.flow_run_id"]:
+        return None
+    query = (f"name = '{name}' and tags.`prefect.flow_run_id` = '{tags['prefect.flow_run_id']}' "
+             f"and tags.model_sha256 = '{tags['model_sha256']}'")
+    found = client.search_model_versions(query)
+    return str(max(int(v.version) for v in found)) if found else None

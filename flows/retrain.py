@@ -6,17 +6,21 @@ Order matters for the faults a scheduled job meets:
 3. one Prefect task per DVC stage; a stage that failed transiently (exit code 75) is retried, anything else
    stops the flow with earlier outputs intact (DVC writes them atomically) and the next run resumes from
    DVC's cache,
-4. the gate against the registry's ``champion``, then the run, the model version and its verdict in MLflow.
-Nothing is served here: ``promote`` does that after a person's approval.
+4. one task that runs the gate against the registry's ``champion`` and records everything in MLflow. It opens
+   the MLflow run only now, after training, and is retried while the tracking server is unreachable
+   (``orchestration.mlflow_retries``): a server that dies during training costs a wait, never the training,
+   and never leaves a version without its verdict (flows/record.py).
+Nothing is served here: the approval watcher does that once a person moves the ``champion`` alias.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -34,16 +38,35 @@ from flows.record import (
     model_card,
     register_model,
 )
-from flows.tracking import champion_metrics, check_reachable, tracking_uri
+from flows.tracking import (
+    TAG_LIMIT,
+    MlflowUnavailable,
+    champion_metrics,
+    check_reachable,
+    fail_fast,
+    tracking_uri,
+)
 from pipelines.common import REPORTS
 from pipelines.params import Params
-from pipelines.publish import lineage
+from pipelines.publish import file_lineage
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only a stage that said its failure may pass; bad data or a bug fails the same way again."""
     error = state.result(raise_on_failure=False)
     return isinstance(error, StageFailed) and error.transient
+
+
+def _tracking_down(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the MLflow step only while the tracking server does not answer; any other error is a bug to see."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, MlflowUnavailable):
+        return True
+    try:
+        check_reachable(mlflow.get_tracking_uri())
+    except MlflowUnavailable:
+        return True
+    return False
 
 
 @task(task_run_name="dvc:{stage}", cache_policy=NO_CACHE)  # DVC is the cache; Prefect must not skip a stage
@@ -53,22 +76,59 @@ def run_stage(stage: str) -> bool:
     return ran
 
 
-@task(cache_policy=NO_CACHE)
-def gate(params: Params, champion: dict[str, float] | None) -> dict[str, Any]:
-    return run_gate(params, champion)
+def _close_abandoned_runs(experiment_id: str, flow_run_id: str) -> None:
+    """An earlier attempt of this flow run whose server died mid-way left its MLflow run RUNNING: mark it."""
+    client = MlflowClient()
+    query = f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], filter_string=query):
+        client.set_terminated(run.info.run_id, status="FAILED")
 
 
 @task(cache_policy=NO_CACHE)
-def record_run(params: Params, run_id: str, verdict: dict[str, Any]) -> dict[str, Any]:
-    """Metrics, artifacts, lineage and the registered model version (flows/record.py)."""
-    metrics = log_metrics(run_id)
-    tags = lineage(params, Path(params.publish.model)) | {"mlflow_run_id": run_id}
-    log_dataset(params, tags["dvc_data_hash"])
-    log_artifacts(params)
-    mlflow.log_text(model_card(params, tags, metrics, verdict), "model_card.md")
-    mlflow.set_tags(gate_tags(verdict) | {"git_revision": tags["git_revision"], "dvc_data_hash": tags["dvc_data_hash"]})
-    version = register_model(params, Path(params.publish.model), tags, verdict)
-    return {"metrics": metrics, "model_version": version}
+def record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, Any]:
+    """Gate against the registry's champion, then one MLflow run: params, metrics, artifacts, the version."""
+    with fail_fast(timeout_s=120):
+        return _record(params, flow_run_id, flow_run_name)
+
+
+def _record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, Any]:
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    experiment = mlflow.set_experiment(params.mlflow.experiment)
+    _close_abandoned_runs(experiment.experiment_id, flow_run_id)
+    champion_version, champion = champion_metrics(uri, params.mlflow.registered_model, params.mlflow.champion_alias)
+    verdict = run_gate(params, champion)
+    lineage = replace(file_lineage(params, Path(params.publish.model)), prefect_flow_run_id=flow_run_id or None,
+                      gate_status=verdict["status"], gate_reasons=tuple(verdict["reasons"]))
+    with mlflow.start_run(run_name=f"retrain-{flow_run_name}") as run:
+        mlflow.set_tag("prefect.flow_run_id", flow_run_id)
+        log_params(params)
+        metrics = log_metrics(run.info.run_id)
+        log_dataset(params, lineage.dvc_data_hash)
+        log_artifacts(params)
+        mlflow.log_text(model_card(params, lineage, metrics, verdict), "model_card.md")
+        mlflow.set_tags(gate_tags(verdict) | {"git_revision": lineage.git_revision,
+                                              "dvc_data_hash": lineage.dvc_data_hash})
+        version = register_model(params, Path(params.publish.model), lineage, verdict)
+    return {"run_id": run.info.run_id, "experiment_id": experiment.experiment_id, "model_version": version,
+            "verdict": verdict, "champion_version": champion_version, "champion": champion}
+
+
+def record_failure(params: Params, flow_run_id: str, stage: str, error: BaseException) -> None:
+    """A failed retrain is visible in MLflow too (a FAILED run with the reports the stages left), when the
+    server answers; otherwise the flow's own failure is the record."""
+    try:
+        check_reachable(tracking_uri(params))
+    except MlflowUnavailable:
+        return
+    mlflow.set_experiment(params.mlflow.experiment)
+    with mlflow.start_run(run_name=f"retrain-failed-{stage}") as run:
+        mlflow.set_tags({"prefect.flow_run_id": flow_run_id, "failure.stage": stage,
+                         "failure.reason": str(error)[:TAG_LIMIT]})
+        log_params(params)
+        if REPORTS.is_dir():
+            mlflow.log_artifacts(str(REPORTS), "failure/reports")
+    MlflowClient().set_terminated(run.info.run_id, status="FAILED")
 
 
 def _links(uri: str, experiment_id: str, run_id: str, model: str, version: str) -> dict[str, str]:
@@ -96,40 +156,33 @@ def _publish_artifacts(params: Params, uri: str, summary: dict[str, Any], verdic
 
 @flow(name="retrain", log_prints=True)
 def retrain(workspace: str = ".", lock_timeout_s: float | None = None) -> dict[str, Any]:
-    """Rebuild what changed (DVC), record it in MLflow, register the model, run the promotion gate."""
+    """Rebuild what changed (DVC), run the promotion gate, record the run and register the model in MLflow."""
     with locked_workspace(workspace, "retrain", lock_timeout_s) as params:
-        if params.publish.target:
-            raise ValueError("publish.target is set: the publish stage would serve an ungated model. Leave it null "
-                             "and serve with `faceforge promote` (publish.serving_repository)")
         uri = tracking_uri(params)
-        check_reachable(uri)
+        try:
+            check_reachable(uri)
+        except MlflowUnavailable as exc:
+            raise MlflowUnavailable(f"{exc}; no training was started") from exc
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        experiment = mlflow.set_experiment(params.mlflow.experiment)
-        stage_task = run_stage.with_options(retries=params.mlflow.stage_retries,
-                                            retry_delay_seconds=params.mlflow.retry_delay_s,
+        o = params.orchestration
+        stage_task = run_stage.with_options(retries=o.stage_retries, retry_delay_seconds=o.retry_delay_s,
                                             retry_condition_fn=_transient)
-        with mlflow.start_run(run_name=f"retrain-{flow_run.get_name() or 'local'}") as run:
-            run_id = run.info.run_id
-            os.environ["MLFLOW_RUN_ID"] = run_id  # stage processes put it in the Triton config's lineage
+        flow_run_id = str(flow_run.get_id() or "")
+        ran: dict[str, bool] = {}
+        for stage in pipeline_stages():
             try:
-                mlflow.set_tag("prefect.flow_run_id", str(flow_run.get_id() or ""))
-                log_params(params)
-                ran = {stage: stage_task(stage) for stage in pipeline_stages()}
-                champion_version, champion = champion_metrics(uri, params.mlflow.registered_model,
-                                                              params.mlflow.champion_alias)
-                verdict = gate(params, champion)
-                recorded = record_run(params, run_id, verdict)
-            except BaseException:
-                # Whatever the stages left (reports, Data Docs of a failed validation) helps the diagnosis.
-                if REPORTS.is_dir():
-                    mlflow.log_artifacts(str(REPORTS), "failure/reports")
+                ran[stage] = stage_task(stage)
+            except StageFailed as exc:
+                record_failure(params, flow_run_id, stage, exc)
                 raise
-            finally:
-                os.environ.pop("MLFLOW_RUN_ID", None)
-        summary = {"run_id": run_id, "experiment_id": experiment.experiment_id,
+        record_task = record.with_options(retries=o.mlflow_retries, retry_delay_seconds=o.retry_delay_s,
+                                          retry_condition_fn=_tracking_down)
+        recorded = record_task(params, flow_run_id, flow_run.get_name() or "local")
+        verdict = recorded["verdict"]
+        summary = {"run_id": recorded["run_id"], "experiment_id": recorded["experiment_id"],
                    "model_version": recorded["model_version"], "gate": verdict["status"],
-                   "reasons": verdict["reasons"], "champion_version": champion_version,
+                   "reasons": verdict["reasons"], "champion_version": recorded["champion_version"],
                    "stages_run": [s for s, did in ran.items() if did]}
-        _publish_artifacts(params, uri, summary, verdict, champion)
+        _publish_artifacts(params, uri, summary, verdict, recorded["champion"])
         return summary

@@ -1,9 +1,16 @@
-"""Serving the approved model: ``promote`` (the ``champion`` version -> serving repository) and ``rollback``.
+"""Serving the approved model: the registry's ``champion`` alias decides what every serving repository serves.
 
-The registry decides what is served. ``promote`` publishes exactly the model version that holds the champion
-alias, after checking that its bytes are the ones the gate evaluated; a version that failed the gate is refused
-unless forced, and the reason is recorded on the version. ``rollback`` serves an earlier repository version and
-moves the champion alias back with it, so a later ``promote`` does not bring the bad model back.
+:func:`serve_champion` is the one reconciliation step behind the approval watcher (a Prefect deployment on an
+interval), ``faceforge promote`` and a rollback made in the MLflow UI. It reads the alias, compares it with
+what each serving repository serves (the served version's manifest names its MLflow version), and only then
+acts:
+- the repository already serves that version: nothing, so running it every 30 s, after a restart or twice at
+  once serves each alias move exactly once;
+- the version is already in the repository (the alias moved back): switch the config to it, no upload;
+- otherwise: download the model from MLflow, check the SHA-256 the gate evaluated, publish the next version.
+A version whose gate verdict is not ``pass`` is refused unless forced with a reason; the refusal is tagged on
+the version (once) and the previous champion stays served. State lives in the registry and the repositories,
+never in the watcher, so a watcher that restarts simply looks again.
 """
 
 from __future__ import annotations
@@ -11,59 +18,98 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from components.io.raw_folder import sha256_file
-from components.serving.repository import read_manifest, rollback, served
-from components.serving.store import open_store
-from flows.record import TAG_LIMIT
-from flows.tracking import check_reachable, tracking_uri
+from components.io.checksums import sha256_file
+from components.serving.repository import (
+    published_version,
+    read_manifest,
+    rollback,
+    serve_existing,
+    served_manifest,
+)
+from components.serving.store import Store, open_store
+from flows.lineage import registry_lineage
+from flows.tracking import TAG_LIMIT, check_reachable, tracking_uri
 from pipelines.params import Params
 from pipelines.publish import push, serving_options
 
+REFUSED_TAG = "serving.refused"
+
 
 class PromotionRefused(RuntimeError):
-    """The approved version may not be served (failed gate, no approval, checksum mismatch)."""
+    """The approved version may not be served (failed gate, no approval, checksum mismatch, missing files)."""
 
 
-def serving_targets(params: Params, targets: list[str] | None) -> list[str]:
-    chosen = targets or [os.environ.get("FACEFORGE_SERVING_REPOSITORY") or params.publish.serving_repository]
-    chosen = [t for t in chosen if t]
-    if not chosen:
-        raise ValueError("no serving repository: pass --target, set publish.serving_repository or "
-                         "FACEFORGE_SERVING_REPOSITORY (a folder or s3://bucket/prefix)")
-    return chosen
+def serving_repositories(params: Params, chosen: list[str] | None = None) -> list[str]:
+    """``--serving-repository`` (repeatable), else ``FACEFORGE_SERVING_REPOSITORY`` (comma-separated), else
+    ``publish.serving_repository``: one name for one concept."""
+    env = [r.strip() for r in os.environ.get("FACEFORGE_SERVING_REPOSITORY", "").split(",") if r.strip()]
+    repositories = chosen or env or [r for r in [params.publish.serving_repository] if r]
+    if not repositories:
+        raise ValueError("no serving repository: pass --serving-repository, set FACEFORGE_SERVING_REPOSITORY or "
+                         "publish.serving_repository (a folder or s3://bucket/prefix)")
+    return repositories
 
 
-def _client(params: Params) -> Any:
-    from mlflow import MlflowClient
+def registry_client(params: Params) -> Any:
+    """A client of the tracking server that is also the registry; MLflow's module-level calls (downloads of
+    ``models:/`` URIs resolve through the *registry* URI) are pointed at the same server."""
+    import mlflow
 
     uri = tracking_uri(params)
     check_reachable(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def approved_version(client: Any, params: Params) -> Any:
+def champion_version(client: Any, params: Params) -> Any | None:
+    """The version holding the champion alias, or None when no version holds it."""
     from mlflow.exceptions import MlflowException
 
     name, alias = params.mlflow.registered_model, params.mlflow.champion_alias
     try:
-        return client.get_model_version_by_alias(name, alias)
+        aliases = client.get_registered_model(name).aliases
     except MlflowException as exc:
-        raise PromotionRefused(
-            f"no version of {name} holds the alias {alias!r}: approve one in the MLflow UI (Models -> {name} -> "
-            f"the version -> pencil next to Aliases -> {alias!r} -> Save aliases)") from exc
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    if alias not in aliases:
+        return None
+    try:
+        version = client.get_model_version(name, aliases[alias])
+    except MlflowException as exc:
+        raise PromotionRefused(f"the alias {alias!r} points at {name} version {aliases[alias]}, which cannot be "
+                               f"read ({exc.error_code}: deleted?); nothing was served") from exc
+    if version.status != "READY":
+        raise PromotionRefused(f"{name} version {version.version} is {version.status}, not READY; nothing was served")
+    return version
+
+
+def _refusal(version: Any, force: bool, reason: str | None) -> str | None:
+    status = version.tags.get("gate.status", "missing")
+    if status == "pass" or (force and reason):
+        return None
+    return (f"version {version.version} did not pass the gate (gate.status={status}: "
+            f"{version.tags.get('gate.reasons') or 'no verdict recorded'})")
 
 
 def _download(version: Any, params: Params, into: Path) -> Path:
     import mlflow
 
     uri = f"models:/{params.mlflow.registered_model}/{version.version}"
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into),
-                                                      tracking_uri=tracking_uri(params)))
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds for missing artifacts or stores
+        if isinstance(exc, ConnectionError):
+            raise
+        raise PromotionRefused(f"{uri}: the model files cannot be downloaded ({str(exc).splitlines()[0]}); "
+                               "nothing was served") from exc
     model = folder / "model.onnx"
     expected = version.tags.get("model_sha256")
     actual = sha256_file(model) if model.is_file() else "missing"
@@ -73,66 +119,92 @@ def _download(version: Any, params: Params, into: Path) -> Path:
     return model
 
 
-def _already_served(target: str, name: str, sha256: str) -> int | None:
-    store = open_store(target)
-    for version in served(store, name):
-        if read_manifest(store, name, version).get("sha256", {}).get("model.onnx") == sha256:
-            return version
-    return None
+def _serving_now(store: Store, name: str) -> tuple[str | None, int | None]:
+    """(MLflow version, repository version) that ``store`` serves now, from the served version's manifest."""
+    manifest = served_manifest(store, name) or {}
+    return manifest.get("lineage", {}).get("mlflow_model_version"), manifest.get("version")
 
 
-def promote(params: Params, targets: list[str] | None = None, force: bool = False,
-            reason: str | None = None) -> dict[str, Any]:
-    """Publish the champion version to every target; returns what each target now serves."""
+def serve_champion(params: Params, repositories: list[str] | None = None, force: bool = False,
+                   reason: str | None = None, require_champion: bool = True) -> dict[str, Any]:
+    """Make every serving repository serve the champion version; returns what each one did."""
     if force and not (reason and reason.strip()):
         raise ValueError("--force needs --reason: it is recorded on the model version")
-    chosen = serving_targets(params, targets)
-    client = _client(params)
-    name = params.mlflow.registered_model
-    version = approved_version(client, params)
-    status = version.tags.get("gate.status", "missing")
-    if status != "pass" and not force:
-        raise PromotionRefused(f"{name} version {version.version} did not pass the gate (gate.status={status}: "
-                               f"{version.tags.get('gate.reasons', 'no verdict recorded')}); refusing to serve it. "
-                               "Override with --force --reason '...'")
-    lineage = {"git_revision": version.tags.get("git_revision", "unknown"),
-               "dvc_data_hash": version.tags.get("dvc_data_hash", "unknown"),
-               "mlflow_run_id": version.run_id, "mlflow_model_version": str(version.version),
-               "model_sha256": version.tags.get("model_sha256", "")}
-    metrics = {k: v for k, v in client.get_run(version.run_id).data.metrics.items() if k.startswith("eval.")}
-    lineage["metrics"] = json.dumps(metrics, sort_keys=True)
+    chosen = serving_repositories(params, repositories)
+    client = registry_client(params)
+    name, model_name = params.mlflow.registered_model, params.publish.model_name
+    version = champion_version(client, params)
+    if version is None:
+        if require_champion:
+            raise PromotionRefused(
+                f"no version of {name} holds the alias {params.mlflow.champion_alias!r}: approve one in the MLflow "
+                f"UI (Models -> {name} -> the version -> pencil next to Aliases -> "
+                f"{params.mlflow.champion_alias!r} -> Save aliases)")
+        return {"model": name, "model_version": None, "repositories": [], "action": "nothing approved yet"}
+
+    stores = {url: open_store(url) for url in chosen}
+    now = {url: _serving_now(store, model_name) for url, store in stores.items()}
+    pending = {url: store for url, store in stores.items() if now[url][0] != str(version.version)}
+    result: dict[str, Any] = {"model": name, "model_version": str(version.version),
+                              "gate_status": version.tags.get("gate.status", "missing"),
+                              "repositories": [{"repository": url, "action": "already_served",
+                                                "repository_version": now[url][1]}
+                                               for url in stores if url not in pending]}
+    if not pending:
+        return result
+    refused = _refusal(version, force, reason)
+    if refused:
+        result["refused"] = refused
+        result["newly_refused"] = REFUSED_TAG not in version.tags  # recorded once per version, not every poll
+        if result["newly_refused"]:
+            client.set_model_version_tag(name, version.version, REFUSED_TAG,
+                                         json.dumps({"reason": refused, "at": _now()})[:TAG_LIMIT])
+        if require_champion:
+            raise PromotionRefused(f"{name} {refused}; refusing to serve it (the previous champion stays served). "
+                                   "Override with --force --reason '...'")
+        return result
+
+    lineage = registry_lineage(client, params, version)
     options = serving_options(params.publish, lineage)
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = _download(version, params, Path(tmp))
-        for target in chosen:
-            existing = _already_served(target, params.publish.model_name, lineage["model_sha256"])
-            if existing is not None:  # promote is idempotent: the schedule may fire again with the same champion
-                results.append({"target": target, "model_name": params.publish.model_name, "version": existing,
-                                "already_served": True})
-                continue
-            results.append(push(target, params.publish.model_name, model, options, {"lineage": lineage}))
-    record = {"targets": results, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": getpass.getuser()}
-    if force and status != "pass":
+        model: Path | None = None
+        for url, store in pending.items():
+            existing = published_version(store, model_name, lineage)
+            if existing is not None:
+                serve_existing(store, model_name, existing)  # the alias moved back: no upload
+                done = {"repository": url, "action": "switched", "repository_version": existing}
+            else:
+                model = model or _download(version, params, Path(tmp))
+                done = {"repository": url, "action": "published",
+                        "repository_version": push(store, model_name, model, options, lineage)}
+            result["repositories"].append(done)
+    record = {"at": _now(), "by": f"{getpass.getuser()}@{socket.gethostname()}",
+              "served_versions": {r["repository"]: r.get("repository_version") for r in result["repositories"]}}
+    if force and version.tags.get("gate.status") != "pass":
         record |= {"forced": True, "reason": reason}
         client.set_model_version_tag(name, version.version, "promote.forced", "true")
         client.set_model_version_tag(name, version.version, "promote.reason", reason)
-    client.set_model_version_tag(name, version.version, "promote.last", json.dumps(record, sort_keys=True)[:TAG_LIMIT])
+    client.set_model_version_tag(name, version.version, "serving.last", json.dumps(record, sort_keys=True)[:TAG_LIMIT])
     if params.mlflow.challenger_alias in version.aliases:  # approved and served: no longer waiting for review
         client.delete_registered_model_alias(name, params.mlflow.challenger_alias)
-    return {"model": name, "model_version": str(version.version), "gate_status": status, **record}
+    return result | record
 
 
-def rollback_serving(params: Params, to: int | None = None, target: str | None = None) -> dict[str, Any]:
-    """Serve an earlier repository version; the champion alias follows when the registry knows that version."""
-    chosen = serving_targets(params, [target] if target else None)[0]
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def rollback_serving(params: Params, to: int | None = None, repository: str | None = None) -> dict[str, Any]:
+    """Serve an earlier repository version; the champion alias follows when the registry knows that version,
+    so the approval watcher then brings every other serving repository to the same version."""
+    chosen = serving_repositories(params, [repository] if repository else None)[0]
     store = open_store(chosen)
     name = params.publish.model_name
     version = rollback(store, name, to)
-    result: dict[str, Any] = {"target": chosen, "model_name": name, "served_version": version}
+    result: dict[str, Any] = {"repository": chosen, "model_name": name, "served_version": version}
     model_version = read_manifest(store, name, version).get("lineage", {}).get("mlflow_model_version")
     if model_version:
-        client = _client(params)
+        client = registry_client(params)
         client.set_registered_model_alias(params.mlflow.registered_model, params.mlflow.champion_alias,
                                           model_version)
         result["champion"] = model_version

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
+from components.io.nested import numeric
 from pipelines.params import Params
 
+TAG_LIMIT = 5000  # MLflow caps tag values at 8000 characters; long values are cut, the reports hold them whole
 REPORT_STAGES = ("detect", "align", "quality_filter", "pack", "train", "eval", "export", "quantize", "publish")
 
 
-class MlflowUnavailable(RuntimeError):
-    """The tracking server cannot be reached: raised before any training, since its results could not be kept."""
+class MlflowUnavailable(ConnectionError):
+    """The tracking server cannot be reached; transient (the CLI exits 75, the retrain flow retries)."""
 
 
 def tracking_uri(params: Params) -> str:
@@ -31,10 +31,11 @@ def tracking_uri(params: Params) -> str:
 
 
 @contextmanager
-def _fail_fast() -> Iterator[None]:
-    # MLflow's HTTP client retries with back-off for minutes by default; a health check must answer in seconds.
+def fail_fast(timeout_s: int = 10) -> Iterator[None]:
+    """MLflow's HTTP client retries with back-off for minutes by default. A health check must answer in
+    seconds, and the retrain flow's MLflow step is retried by Prefect (a visible, configured wait) instead."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
     try:
         yield
     finally:
@@ -50,27 +51,11 @@ def check_reachable(uri: str) -> None:
     from mlflow import MlflowClient
 
     try:
-        with _fail_fast():
+        with fail_fast():
             MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - connection, auth and DB errors all mean "cannot track"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MlflowUnavailable(f"MLflow at {uri} is unreachable ({first}); no training was started") from exc
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> ``{"a.b.c": leaf}``; lists stay leaves (MLflow params are strings anyway)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    return out
-
-
-def numeric(tree: dict[str, Any], prefix: str) -> dict[str, float]:
-    """The finite numbers of a report (booleans and ``null`` TAR values below the ROC's resolution are skipped)."""
-    return {k: float(v) for k, v in flatten(tree, prefix).items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        raise MlflowUnavailable(f"MLflow at {uri} is unreachable ({first})") from exc
 
 
 def report_metrics(reports: Path) -> dict[str, float]:

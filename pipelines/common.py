@@ -14,7 +14,7 @@ REPORTS = Path("reports")
 
 
 def write_report(stage: str, payload: dict[str, Any]) -> Path:
-    """``reports/<stage>.json`` (DESIGN.md contract), written atomically."""
+    """``reports/<stage>.json`` (docs/architecture.md, "Contracts"), written atomically."""
     path = REPORTS / f"{stage}.json"
     write_json(path, payload)
     return path

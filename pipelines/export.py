@@ -11,7 +11,7 @@ from components.evaluation.embedders import OnnxEmbedder, TorchEmbedder
 from components.export import INPUT, OUTPUT, agreement, export_onnx, to_fp16
 from components.export.faces import sample_faces
 from components.io.atomic import atomic_dir
-from components.io.raw_folder import sha256_file
+from components.io.checksums import sha256_file
 from components.models.loading import load_backbone
 from pipelines.common import timed, write_report
 from pipelines.params import Params

@@ -18,6 +18,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A setting that can change how fast or how robustly a stage runs but never what it produces. dvc.yaml leaves
+# these out of its params (key by key), so changing one does not make DVC rerun the stage (tests/test_dvc.py).
+RUNTIME: dict[str, Any] = {"affects_result": False}
+
+
+def runtime_settings(section: type[BaseModel]) -> set[str]:
+    return {name for name, f in section.model_fields.items() if (f.json_schema_extra or {}) == RUNTIME}
+
+
 class DataParams(_Section):
     raw_dir: Path = Path("data/raw")
     seed: int = 0
@@ -49,7 +58,7 @@ class DetectParams(_Section):
     centre_weight: float = Field(0.5, ge=0, description="penalty on distance from the image centre")
     max_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb limit per image")
     out_dir: Path = Path("data/detect")
-    workers: int = Field(0, ge=0, description="0 = all cores")
+    workers: int = Field(0, ge=0, description="0 = all cores", json_schema_extra=RUNTIME)
 
 
 class AlignParams(_Section):
@@ -104,16 +113,19 @@ class TrainParams(_Section):
     max_steps: int = Field(0, ge=0, description="0 = epochs x steps per epoch")
     batch_size: int = Field(64, ge=1, description="per worker")
     grad_accumulation: int = Field(1, ge=1)
-    grad_clip: float = Field(5.0, ge=0)
+    grad_clip: float = Field(5.0, ge=0, description="max norm of the backbone's gradient (as arcface_torch); 0 = off")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    loader_workers: int = Field(1, ge=0)
+    loader_workers: int = Field(1, ge=0, json_schema_extra=RUNTIME)
     seed: int = 0
-    checkpoint_every: int = Field(100, ge=1)
-    max_failures: int = Field(2, ge=0)
+    checkpoint_every: int = Field(100, ge=1, json_schema_extra=RUNTIME)
+    max_failures: int = Field(2, ge=0, json_schema_extra=RUNTIME)
     nonfinite_limit: int = Field(5, ge=1)
     log_every: int = Field(10, ge=1)
+    replica_check_every: int = Field(100, ge=0, description="steps between checks that the data-parallel "
+                                     "backbone copies are identical (a float64 checksum all-gather); 0 = off",
+                                     json_schema_extra=RUNTIME)
     resume_from: Path | None = Field(None, description="a checkpoint folder (any worker count) to continue from")
     bn_recalibration_samples: int = Field(2048, ge=0, description="re-estimate BatchNorm stats on this many faces")
     out_dir: Path = Path("data/train")
@@ -137,8 +149,8 @@ class EvalParams(_Section):
     verification: dict[str, Path] = Field({"orl_holdout": Path("data/eval_sets/orl_holdout.bin")},
                                           description="name -> LFW/CFP-FP/AgeDB-style .bin")
     folds: int = Field(10, ge=2)
-    batch_size: int = Field(64, ge=1)
-    loader_workers: int = Field(1, ge=0)
+    batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
+    loader_workers: int = Field(1, ge=0, json_schema_extra=RUNTIME)
     save_features: bool = Field(True, description="keep per-image IJB features (reuse with --features)")
     out_dir: Path = Path("data/eval")
 
@@ -187,9 +199,9 @@ class PublishParams(_Section):
     validation_faces: int = Field(16, ge=1)
     max_abs_diff: float = Field(1e-5, gt=0)
     candidate_dir: Path = Field(Path("data/publish"), description="the validated candidate repository (DVC out)")
-    target: str | None = Field(None, description="the stage itself pushes here too, ungated (manual use only)")
-    serving_repository: str | None = Field(None, description="where `faceforge promote` publishes the approved "
-                                           "model: a folder or s3://bucket/prefix; FACEFORGE_SERVING_REPOSITORY wins")
+    serving_repository: str | None = Field(None, description="where the approved model is served (promote, the "
+                                           "approval watcher): a folder or s3://bucket/prefix; "
+                                           "FACEFORGE_SERVING_REPOSITORY wins")
 
 
 class GateParams(_Section):
@@ -208,16 +220,29 @@ class MlflowParams(_Section):
     experiment: str = "faceforge"
     registered_model: str = Field("faceforge-embedder", description="registry name of the served ONNX embedder")
     challenger_alias: str = "challenger"
-    champion_alias: str = Field("champion", description="set by a person in the MLflow UI; promote serves it")
+    champion_alias: str = Field("champion", description="set by a person in the MLflow UI; then it is served")
+
+
+class OrchestrationParams(_Section):
+    """How the Prefect flows run: locks, retries, schedules (docs/architecture.md, "The approval loop")."""
+
     lock_file: Path = Field(Path(".faceforge/retrain.lock"), description="one retrain at a time per workspace")
     lock_timeout_s: float = Field(0.0, ge=0, description="how long a second retrain waits before refusing")
     stage_retries: int = Field(2, ge=0, description="retries of a stage that failed transiently (exit code 75)")
-    retry_delay_s: float = Field(10.0, ge=0)
-    schedule_cron: str = Field("0 3 * * 1", description="retraining schedule of `faceforge serve-flows`")
+    retry_delay_s: float = Field(10.0, ge=0, description="wait before a stage or MLflow retry")
+    mlflow_retries: int = Field(3, ge=0, description="retries of the MLflow record/register step when the "
+                                "tracking server is unreachable (the trained outputs stay in DVC meanwhile)")
+    schedule_cron: str = Field("0 3 * * 1", description="retraining schedule (serve-flows; prefect.yaml copies it)")
+    serving_lock_file: Path = Field(Path(".faceforge/serving.lock"),
+                                    description="one promote/rollback/watcher at a time per workspace")
+    serving_lock_timeout_s: float = Field(120.0, ge=0, description="how long a second serving run waits")
+    approval_poll_s: int = Field(30, ge=5, le=50, description="the approval watcher's interval: a moved "
+                                 "champion alias is served within this plus one flow start (< 60 s)")
 
 
 class Params(_Section):
-    """Top-level keys are stage names plus ``data``, ``mlflow`` and ``gate`` (DESIGN.md contract)."""
+    """Top-level keys are stage names plus ``data``, ``mlflow``, ``gate`` and ``orchestration``
+    (docs/architecture.md, "Contracts")."""
 
     data: DataParams = DataParams()
     detect: DetectParams = DetectParams()
@@ -231,6 +256,7 @@ class Params(_Section):
     publish: PublishParams = PublishParams()
     mlflow: MlflowParams = MlflowParams()
     gate: GateParams = GateParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
 
 class ParamsError(ValueError):

@@ -18,7 +18,7 @@ from components.evaluation.roc import rate_key
 from components.export import agreement, quantize_int8
 from components.export.faces import sample_faces
 from components.io.atomic import atomic_dir
-from components.io.raw_folder import sha256_file
+from components.io.checksums import sha256_file
 from pipelines.common import timed, write_report
 from pipelines.eval import evaluate_bin_set, evaluate_ijbc_set, ijbc_options
 from pipelines.params import Params

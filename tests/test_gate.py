@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from components.io.raw_folder import sha256_file
+from components.io.checksums import sha256_file
 from faceforge.cli import app
 from flows.gate import GateConfig, evaluate_gate, lookup
 

@@ -22,7 +22,7 @@ def _env_example() -> dict[str, str]:
 def test_services_and_every_variable_is_defined() -> None:
     compose = _compose()
     assert set(compose["services"]) == {"postgres", "minio", "buckets", "mlflow", "prefect-server",
-                                        "prefect-worker", "triton"}
+                                        "prefect-deploy", "prefect-worker", "triton"}
     text = (INFRA / "compose.yaml").read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)\}", text))
     assert used <= set(_env_example()), used - set(_env_example())
@@ -33,7 +33,7 @@ def test_ports_bind_to_the_configured_address_and_services_have_healthchecks() -
     for name, service in _compose()["services"].items():
         for port in service.get("ports", []):
             assert port.startswith("${BIND_ADDRESS}:"), (name, port)
-        if name not in ("buckets", "prefect-worker"):  # a one-shot job and a client process
+        if name not in ("buckets", "prefect-deploy", "prefect-worker"):  # one-shot jobs and a client process
             assert "healthcheck" in service, name
 
 
@@ -46,7 +46,7 @@ def test_wiring_mlflow_prefect_triton() -> None:
     assert worker["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     triton = services["triton"]
-    assert "s3://minio:9000/${MODELS_BUCKET}/triton" in triton["command"]
+    assert "s3://http://minio:9000/${MODELS_BUCKET}/triton" in triton["command"]
     assert "--model-control-mode=poll" in triton["command"]
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "uv sync --frozen" in (INFRA / "worker" / "Dockerfile").read_text()
@@ -58,7 +58,7 @@ def test_prefect_deployments_point_at_real_flows_on_the_workers_pool() -> None:
 
     from prefect.client.schemas.schedules import CronSchedule
 
-    from pipelines.params import MlflowParams
+    from pipelines.params import OrchestrationParams
 
     spec = yaml.safe_load((INFRA.parent / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
@@ -69,16 +69,26 @@ def test_prefect_deployments_point_at_real_flows_on_the_workers_pool() -> None:
         assert getattr(module, name).name == {"retrain": "retrain", "promote": "promote",
                                               "rollback": "rollback"}[name]
         assert deployment["work_pool"]["name"] == _env_example()["PREFECT_WORK_POOL"]
-        assert deployment["parameters"]["workspace"] == "/app"  # where infra/worker/Dockerfile puts the repo
+    # The worker runs flows in its checkout: FACEFORGE_WORKSPACE, which the worker image sets to /app.
+    pull = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert pull == "{{ $FACEFORGE_WORKSPACE }}"
+    assert "FACEFORGE_WORKSPACE=/app" in (INFRA / "worker" / "Dockerfile").read_text()
+    defaults = OrchestrationParams()
     cron = deployments["scheduled"]["schedules"][0]["cron"]
-    assert cron == MlflowParams().schedule_cron and CronSchedule(cron=cron).cron == cron
-    worker = _compose()["services"]["prefect-worker"]
-    assert "--pool ${PREFECT_WORK_POOL}" in worker["command"] and "WORKDIR /app" in (
-        INFRA / "worker" / "Dockerfile").read_text()
+    assert cron == defaults.schedule_cron and CronSchedule(cron=cron).cron == cron
+    watcher = deployments["on-approval"]
+    assert watcher["parameters"] == {"watching": True}
+    assert watcher["schedules"] == [{"interval": defaults.approval_poll_s}]
+    services = _compose()["services"]
+    worker = services["prefect-worker"]
+    assert "--pool ${PREFECT_WORK_POOL}" in worker["command"]
     assert worker["environment"]["FACEFORGE_SERVING_REPOSITORY"].startswith("s3://")
+    assert "prefect --no-prompt deploy --all" in services["prefect-deploy"]["command"]
 
     from flows.deploy import deployments as served  # `faceforge serve-flows`: the same three, one machine
 
-    local = {d.name: d for d in served(cron, "/srv/faceforge")}
+    local = {d.name: d for d in served(cron, defaults.approval_poll_s, "/srv/faceforge")}
     assert set(local) == set(deployments) and local["scheduled"].parameters == {"workspace": "/srv/faceforge"}
-    assert [s.schedule.cron for s in local["scheduled"].schedules] == [cron] and not local["on-approval"].schedules
+    assert [s.schedule.cron for s in local["scheduled"].schedules] == [cron]
+    assert local["on-approval"].parameters == {"workspace": "/srv/faceforge", "watching": True}
+    assert [s.schedule.interval.total_seconds() for s in local["on-approval"].schedules] == [defaults.approval_poll_s]

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from components.io.atomic import atomic_path
-from components.io.raw_folder import RawImage, sha256_file
+from components.io.checksums import sha256_file
+from components.io.raw_folder import RawImage
 
 RESULT_COLUMNS = ["sha256", "status", "detail", "width", "height", "bbox", "landmarks", "score", "n_faces"]
 

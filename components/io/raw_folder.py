@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from components.io.rejects import Rejection
 
@@ -53,16 +51,3 @@ def list_raw_images(root: Path, stage: str) -> tuple[list[RawImage], list[Reject
         st = entry.stat()
         images.append(RawImage(rel, parts[0], st.st_size, st.st_mtime_ns))
     return images, rejected
-
-
-def sha256_stream(fh: BinaryIO, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of everything readable from ``fh``, in bounded memory (files, S3 bodies)."""
-    digest = hashlib.sha256()
-    while block := fh.read(chunk):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    with open(path, "rb") as fh:
-        return sha256_stream(fh, chunk)

@@ -2,11 +2,13 @@
 
 Layout: ``<model>/config.pbtxt`` and ``<model>/<version>/{model.onnx, model.py?, faceforge.json}``.
 - Versions only grow; an existing version folder is never written to.
-- A version is published in three steps: upload its files, verify each stored object's SHA-256 against the
-  local file, write ``faceforge.json`` (checksums + lineage; its presence marks the version complete). Only then
-  is ``config.pbtxt`` rewritten to serve it: Triton (``version_policy: specific``) never sees a half-uploaded
-  version. Any failure deletes the partial version, leaving the repository as it was.
-- Rollback rewrites only the version policy; nothing is deleted.
+- A version is published in four steps: claim its number with a conditional write (``faceforge.claim``: two
+  publishers, even on two machines, never share a number), upload its files, verify each stored object's
+  SHA-256 against the local file, write ``faceforge.json`` (checksums + lineage; its presence marks the version
+  complete). Only then is ``config.pbtxt`` rewritten to serve it: Triton (``version_policy: specific``) never
+  sees a half-uploaded version. Any failure deletes the partial version, leaving the repository as it was.
+- Serving an existing version again (rollback, or the registry's champion moved back) rewrites only the
+  config: the version policy, and the lineage parameters from that version's own manifest. Nothing is deleted.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.io.raw_folder import sha256_file
+from components.io.checksums import sha256_file
+from components.serving.lineage import Lineage
 from components.serving.store import Store, StoreError
 from components.serving.triton_config import (
     ServingOptions,
     build_config,
     render,
     served_versions,
+    with_parameters,
     with_served_versions,
 )
 
 MANIFEST = "faceforge.json"
+CLAIM = "faceforge.claim"
 PYTHON_MODEL = Path(__file__).with_name("python_backend_model.py")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -65,6 +70,8 @@ def publish_version(store: Store, model: str, files: dict[str, Path], config_for
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: model file to publish not found")
     version = max(_version_dirs(store, model), default=0) + 1
+    while not store.create(f"{model}/{version}/{CLAIM}", b""):  # taken by a concurrent publisher: next one
+        version += 1
     prefix = f"{model}/{version}/"
     try:
         checksums = {}
@@ -98,24 +105,50 @@ def publish_onnx(store: Store, model: str, onnx_path: Path, options: ServingOpti
                            lambda v: render(build_config(onnx_path, model, [v], options)), metadata)
 
 
-def rollback(store: Store, model: str, to: int | None = None) -> int:
-    """Serve version ``to`` (default: the complete version before the one served now); returns it."""
+def serve_existing(store: Store, model: str, version: int) -> int:
+    """Serve the complete version ``version`` (alone), with its own lineage in the config's parameters."""
     versions = complete_versions(store, model)
-    current = served(store, model)
-    if to is None:
-        older = [v for v in versions if current and v < max(current)]
-        if not older:
-            raise ValueError(f"{store.url}/{model}: no earlier complete version to roll back to "
-                             f"(served {current}, available {versions})")
-        to = older[-1]
-    if to not in versions:
-        raise ValueError(f"{store.url}/{model}: version {to} does not exist or is incomplete (available {versions})")
+    if version not in versions:
+        raise ValueError(f"{store.url}/{model}: version {version} does not exist or is incomplete "
+                         f"(available {versions})")
     text = store.read(f"{model}/config.pbtxt")
     if text is None:
         raise ValueError(f"{store.url}/{model}/config.pbtxt: missing, nothing is being served")
-    store.write(f"{model}/config.pbtxt",
-                with_served_versions(text.decode(), [to], f"{store.url}/{model}/config.pbtxt").encode())
-    return to
+    lineage = read_manifest(store, model, version).get("lineage", {})
+    source = f"{store.url}/{model}/config.pbtxt"
+    config = with_served_versions(text.decode(), [version], source)
+    if lineage:  # the served version's own record, not the one of whichever version was published last
+        config = with_parameters(config, Lineage.from_manifest(lineage).config_parameters(), source)
+    store.write(f"{model}/config.pbtxt", config.encode())
+    return version
+
+
+def rollback(store: Store, model: str, to: int | None = None) -> int:
+    """Serve version ``to`` (default: the complete version before the one served now); returns it."""
+    if to is None:
+        current = served(store, model)
+        older = [v for v in complete_versions(store, model) if current and v < max(current)]
+        if not older:
+            raise ValueError(f"{store.url}/{model}: no earlier complete version to roll back to "
+                             f"(served {current}, available {complete_versions(store, model)})")
+        to = older[-1]
+    return serve_existing(store, model, to)
+
+
+def published_version(store: Store, model: str, lineage: Lineage) -> int | None:
+    """The newest complete version holding this very model (same ``model.onnx`` SHA-256, same MLflow version)."""
+    for version in reversed(complete_versions(store, model)):
+        manifest = read_manifest(store, model, version)
+        if (manifest.get("sha256", {}).get("model.onnx") == lineage.model_sha256
+                and manifest.get("lineage", {}).get("mlflow_model_version") == lineage.mlflow_model_version):
+            return version
+    return None
+
+
+def served_manifest(store: Store, model: str) -> dict[str, Any] | None:
+    """The manifest of the version served now (the newest, if several), or None when nothing is served."""
+    current = served(store, model)
+    return read_manifest(store, model, max(current)) if current else None
 
 
 def read_manifest(store: Store, model: str, version: int) -> dict[str, Any]:

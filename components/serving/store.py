@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from components.io.raw_folder import sha256_file, sha256_stream
+from components.io.checksums import sha256_file, sha256_stream
 
 
 class StoreError(RuntimeError):
     """The repository location cannot be used (missing bucket, refused credentials, ...)."""
+
+
+class StoreUnreachable(StoreError, ConnectionError):
+    """The storage endpoint did not answer: a failure that may pass (the CLI exits 75 for it)."""
 
 
 class Store(Protocol):
@@ -26,6 +30,7 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[str]: ...
     def read(self, key: str) -> bytes | None: ...
     def write(self, key: str, data: bytes) -> None: ...
+    def create(self, key: str, data: bytes) -> bool: ...
     def upload(self, key: str, source: Path) -> None: ...
     def sha256(self, key: str) -> str: ...
     def delete_prefix(self, prefix: str) -> None: ...
@@ -53,6 +58,17 @@ class LocalStore:
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist (O_EXCL); False when another writer got there first."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+
     def upload(self, key: str, source: Path) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +95,7 @@ class S3Store:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except self._errors as exc:
-            raise StoreError(f"{url}: bucket {self.bucket!r} is not usable ({_reason(exc)})") from None
+            raise _error(exc, f"{url}: bucket {self.bucket!r} is not usable") from None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -88,7 +104,7 @@ class S3Store:
         try:
             return fn(**kwargs)
         except self._errors as exc:
-            raise StoreError(f"{self.url}: {what} failed ({_reason(exc)})") from None
+            raise _error(exc, f"{self.url}: {what} failed") from None
 
     def list(self, prefix: str) -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -97,7 +113,7 @@ class S3Store:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 keys += [obj["Key"] for obj in page.get("Contents", [])]
         except self._errors as exc:
-            raise StoreError(f"{self.url}: listing failed ({_reason(exc)})") from None
+            raise _error(exc, f"{self.url}: listing failed") from None
         strip = len(self.prefix) + 1 if self.prefix else 0
         return sorted(k[strip:] for k in keys)
 
@@ -107,10 +123,25 @@ class S3Store:
         except self.client.exceptions.NoSuchKey:
             return None
         except self._errors as exc:
-            raise StoreError(f"{self.url}: reading {key} failed ({_reason(exc)})") from None
+            raise _error(exc, f"{self.url}: reading {key} failed") from None
 
     def write(self, key: str, data: bytes) -> None:
         self._call(f"writing {key}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """A conditional write (``If-None-Match: *``, S3 and MinIO since 2024): two publishers on two machines
+        cannot both claim the same version. A store that ignores the header degrades to a plain write."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise _error(exc, f"{self.url}: writing {key} failed") from None
+        except self._errors as exc:
+            raise _error(exc, f"{self.url}: writing {key} failed") from None
+        return True
 
     def upload(self, key: str, source: Path) -> None:
         self._call(f"uploading {key}", self.client.upload_file, Filename=str(source), Bucket=self.bucket,
@@ -124,6 +155,16 @@ class S3Store:
     def delete_prefix(self, prefix: str) -> None:
         for key in self.list(prefix):
             self._call(f"deleting {key}", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+
+def _error(exc: Exception, what: str) -> StoreError:
+    """Unreachable endpoints are transient (:class:`StoreUnreachable`); refusals and missing buckets are not."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError  # endpoint refused, connect timeout
+    from botocore.exceptions import ReadTimeoutError
+
+    kind = StoreUnreachable if isinstance(exc, BotoConnectionError | ReadTimeoutError) else StoreError
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return kind(f"{what} ({_reason(exc)})" + (f" [endpoint {endpoint}]" if endpoint else ""))
 
 
 def _reason(exc: Exception) -> str:

@@ -99,6 +99,15 @@ def with_served_versions(text: str, versions: list[int], source: str) -> str:
     return render(config)
 
 
+def with_parameters(text: str, parameters: dict[str, str], source: str) -> str:
+    """Same config, with exactly these ``parameters`` (the lineage of the version it serves)."""
+    config = parse(text, source)
+    config.ClearField("parameters")
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return render(config)
+
+
 def served_versions(text: str, source: str) -> list[int]:
     policy = parse(text, source).version_policy
     return list(policy.specific.versions) if policy.HasField("specific") else []

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlparse
 
 import tritonclient.http as triton_http
 
@@ -34,6 +35,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def triton_repository_path(repository: Path | str) -> str:
+    """A folder as an absolute path; ``s3://bucket/prefix`` in Triton's own form, which names a non-AWS endpoint
+    (MinIO, a test server) inside the URL: ``s3://http://host:port/bucket/prefix`` from ``AWS_ENDPOINT_URL``.
+    Credentials reach Triton through the usual ``AWS_*`` variables of its environment."""
+    text = str(repository)
+    if not text.startswith("s3://"):
+        return str(Path(text).resolve())
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/")
+    if not endpoint:
+        return text
+    parsed = urlparse(endpoint)
+    if not parsed.port:
+        raise TritonError(f"AWS_ENDPOINT_URL={endpoint}: Triton needs an explicit port for a non-AWS S3 endpoint")
+    return f"s3://{parsed.scheme}://{parsed.hostname}:{parsed.port}/{text.removeprefix('s3://').strip('/')}"
+
+
 def pytriton_root() -> Path:
     spec = importlib.util.find_spec("pytriton")  # located, not imported: its Python client needs numpy<2
     if spec is None or not spec.submodule_search_locations:
@@ -44,9 +61,10 @@ def pytriton_root() -> Path:
 class TritonServer:
     """``with TritonServer(repo) as server:`` -> ready server; ``server.http_url`` / ``server.grpc_url``."""
 
-    def __init__(self, repository: Path, startup_timeout_s: float = 120.0, model_control: str = "none",
-                 http_port: int | None = None, grpc_port: int | None = None) -> None:
-        self.repository = Path(repository)
+    def __init__(self, repository: Path | str, startup_timeout_s: float = 120.0, model_control: str = "none",
+                 http_port: int | None = None, grpc_port: int | None = None, poll_s: int = 1) -> None:
+        self.repository = triton_repository_path(repository)
+        self.poll_s = poll_s
         self.timeout = startup_timeout_s
         self.model_control = model_control
         self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
@@ -88,7 +106,7 @@ class TritonServer:
                    f"--grpc-port={self.grpc_port}", "--allow-metrics=false", "--exit-on-error=true",
                    "--strict-readiness=true", f"--model-control-mode={self.model_control}"]
         if self.model_control == "poll":
-            command.append("--repository-poll-secs=1")
+            command.append(f"--repository-poll-secs={self.poll_s}")
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._environment(),
                                              start_new_session=True)

@@ -40,7 +40,10 @@ def query(server: TritonServer, name: str, x: np.ndarray, batch: int) -> tuple[n
 
 def infra_validate(onnx_path: Path, name: str, options: ServingOptions, inputs: np.ndarray, reference: np.ndarray,
                    workdir: Path, max_abs_diff: float = 1e-5) -> dict[str, Any]:
-    """Serve ``onnx_path`` with the python backend (the one the bundled Triton has), query over HTTP and gRPC."""
+    """Serve ``onnx_path`` with the python backend (the one the bundled Triton has), query over HTTP and gRPC.
+
+    What is loaded is a python-backend copy of the same ONNX file; a published ``onnxruntime``/TensorRT config
+    is only schema-validated (``render``), since this Triton build has no such backend. The result says so."""
     repo = workdir / "validation_repository"
     publish_onnx(LocalStore(repo), name, onnx_path,
                  replace(options, backend="python", instance_kind="cpu", tensorrt=False), {})
@@ -51,7 +54,9 @@ def infra_validate(onnx_path: Path, name: str, options: ServingOptions, inputs: 
             raise TritonError(f"model {name} not ready:\n{server.errors()}")
         batch = max(1, min(options.max_batch_size, 16))
         via_http, via_grpc = query(server, name, inputs, batch)
-    result = {"server_startup_s": round(startup, 2), "faces": len(inputs),
+    result = {"loaded_backend": "python", "published_backend": options.backend,
+              "published_config_loaded": options.backend == "python",
+              "server_startup_s": round(startup, 2), "faces": len(inputs),
               "max_abs_diff_http": float(np.abs(via_http - reference).max()),
               "max_abs_diff_grpc": float(np.abs(via_grpc - reference).max()), "tolerance": max_abs_diff}
     result["passed"] = max(result["max_abs_diff_http"], result["max_abs_diff_grpc"]) <= max_abs_diff

@@ -1,0 +1,57 @@
+"""What produced a served model and how it was judged: one record, wherever it is read.
+
+The same :class:`Lineage` goes into a version's ``faceforge.json`` manifest (whole), into ``config.pbtxt``
+``parameters`` (its scalars, so ``curl .../v2/models/<name>/config`` shows them), and is what
+``faceforge lineage`` prints. The publish stage builds it from files (reports, ``dvc.lock``); promotion builds it
+from the MLflow registry, which adds the run, the model version, the gate verdict and the Prefect flow run.
+Fields a source cannot know stay ``None`` rather than being guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+_HEADLINE = re.compile(r"(^|\.)(tar_at_far_[^.]+|accuracy|rank1)$")
+
+
+def headline_metrics(flat: dict[str, float]) -> dict[str, float]:
+    """The evaluation numbers a lineage carries (TAR@FAR, accuracies, rank-1), from flat ``eval`` report keys:
+    the same selection whether they come from ``reports/eval.json`` or from the MLflow run."""
+    return {k: v for k, v in sorted(flat.items()) if _HEADLINE.search(k)}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    model_sha256: str
+    git_revision: str = "unknown"
+    dvc_data_hash: str = "unknown"  # DVC's md5 of the packed training data (dvc.lock)
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # flattened ``train.*`` params the model was trained with
+    gate_status: str | None = None
+    gate_reasons: tuple[str, ...] = ()
+    mlflow_run_id: str | None = None
+    mlflow_model_version: str | None = None
+    prefect_flow_run_id: str | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        """The whole record, JSON-ready (a version's ``faceforge.json`` keeps it under ``lineage``)."""
+        return asdict(self) | {"gate_reasons": list(self.gate_reasons)}
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> Lineage:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["gate_reasons"] = tuple(values.get("gate_reasons") or ())
+        return cls(**values)
+
+    def config_parameters(self) -> dict[str, str]:
+        """Scalars as Triton ``parameters`` (string values); metrics as one JSON string; nothing unknown."""
+        out = {k: str(v) for k, v in self.manifest().items()
+               if v is not None and not isinstance(v, dict | list)}
+        if self.gate_reasons:
+            out["gate_reasons"] = "; ".join(self.gate_reasons)
+        out["metrics"] = json.dumps(self.metrics, sort_keys=True)
+        return out

@@ -1,0 +1,63 @@
+"""The team's servers as real processes on 127.0.0.1, for the end-to-end test and bench/approval_latency.py.
+
+The same commands infra/compose.yaml runs (``prefect server start``, ``prefect worker start``, ``mlflow server``),
+with SQLite for their databases and moto's S3 server for MinIO. Each server runs in its own process group and is
+stopped by its own process id (flows/server_process.py), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flows.server_process import ServerProcess, answers
+
+BIN = Path(sys.executable).parent
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    """The environment for every server and flow: no telemetry from an offline machine."""
+    return dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="False",
+                MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", DO_NOT_TRACK="1", **extra)
+
+
+def mlflow_server(backend_uri: str, artifacts: str, port: int, env: dict[str, str], logs: Path) -> ServerProcess:
+    """``mlflow server`` with a database backend store and artifacts proxied to S3 (``--artifacts-destination``).
+
+    Its GenAI job runner (seven huey consumer processes, ~250 MB each) is off, as in infra/compose.yaml:
+    faceforge submits no MLflow jobs."""
+    env = dict(env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts]
+    return ServerProcess("mlflow server", command, env, logs / "mlflow-server.log",
+                         answers(f"http://127.0.0.1:{port}/health"))
+
+
+def prefect_worker(pool: str, api_url: str, env: dict[str, str], logs: Path, cwd: Path) -> ServerProcess:
+    """``prefect worker start`` on a process pool; ready once the server lists it among the pool's workers."""
+    def registered() -> bool:
+        try:
+            reply = httpx.post(f"{api_url}/work_pools/{pool}/workers/filter", json={}, timeout=5)
+            return reply.status_code == 200 and bool(reply.json())
+        except httpx.HTTPError:
+            return False
+
+    return ServerProcess("prefect worker", [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type",
+                                            "process"], env, logs / "prefect-worker.log", registered, cwd=cwd)
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 1.0) -> Any:
+    """Poll until ``condition()`` returns something truthy; its value, or TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")

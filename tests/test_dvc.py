@@ -1,0 +1,102 @@
+"""[H] dvc.yaml declares params key by key: a setting that cannot change a result reruns nothing, one that can
+reruns its stage and everything after it. The real dvc.yaml and params.yaml, with every output present and
+committed to dvc.lock (as after a `dvc repro`, without minutes of real stages: what is checked is what DVC
+would rerun)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.lock import in_workspace
+from pipelines.params import DetectParams, EvalParams, TrainParams, runtime_settings
+
+REPO = Path(__file__).parents[1]
+AFTER_TRAIN = ["train", "eval", "export", "quantize", "publish"]
+
+
+def _touch(path: Path) -> None:
+    if path.exists():
+        return
+    if path.suffix:  # a file output (detections.parquet, eval.json, ...)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{path.name}\n")
+    else:  # a folder output (data/train, data/aligned, ...)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "placeholder").write_text("x\n")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dvc.repo import Repo
+
+    root = tmp_path_factory.mktemp("dvc")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for folder in ("pipelines", "components"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    with in_workspace(root), Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            for item in [*stage.deps, *stage.outs]:
+                _touch(Path(item.fs_path))
+        repo.commit(force=True)
+    return root
+
+
+@pytest.fixture
+def params(pipeline: Path) -> Iterator[Path]:
+    original = (pipeline / "params.yaml").read_text()
+    yield pipeline / "params.yaml"
+    (pipeline / "params.yaml").write_text(original)
+
+
+def _would_run(root: Path) -> list[str]:
+    """The stages `dvc repro` would run: those whose own deps or params changed (its dry run), and every
+    stage downstream of them (whose inputs those runs will rewrite), in pipeline order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with in_workspace(root), Repo(str(root)) as repo:
+        stale = repo.reproduce(dry=True)
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        rerun = {s.name for s in stale} | {d.name for s in stale for d in nx.ancestors(graph, s)}
+        return [s.name for s in repo.index.stages if s.name in rerun]
+
+
+def _set(path: Path, dotted: str, value: object) -> None:
+    tree = yaml.safe_load(path.read_text())
+    section, key = dotted.split(".")
+    tree[section][key] = value
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def test_dvc_yaml_declares_every_result_setting_and_no_runtime_setting() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, section, cls in (("detect", "detect", DetectParams), ("train", "train", TrainParams),
+                                ("eval", "eval", EvalParams)):
+        declared = {p.split(".", 1)[1] for p in stages[stage]["params"] if p.startswith(f"{section}.")}
+        assert declared == set(cls.model_fields) - runtime_settings(cls), stage
+
+
+def test_nothing_is_stale_after_the_pipeline_ran(pipeline: Path) -> None:
+    assert _would_run(pipeline) == []
+
+
+@pytest.mark.parametrize("setting", ["train.loader_workers", "train.checkpoint_every", "train.max_failures",
+                                     "train.replica_check_every", "eval.batch_size", "eval.loader_workers",
+                                     "detect.workers"])
+def test_a_runtime_setting_reruns_nothing(params: Path, pipeline: Path, setting: str) -> None:
+    _set(params, setting, 7)
+    assert _would_run(pipeline) == []
+
+
+def test_a_training_setting_reruns_train_and_everything_after_it(params: Path, pipeline: Path) -> None:
+    _set(params, "train.lr", 0.01)
+    assert _would_run(pipeline) == AFTER_TRAIN

@@ -7,14 +7,19 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 setup: .venv/.synced
 
 # uv is installed with pip when missing; the environment is exactly uv.lock (no resolution on install).
+# Bytecode is compiled once at install: every stage, flow run and worker is a new Python process, and where
+# PYTHONDONTWRITEBYTECODE is set each would otherwise compile torch, MLflow and Prefect again (7.5 -> 4.8 s).
 .venv/.synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --all-groups
+	$(UV) sync --frozen --all-groups --compile-bytecode
 	@touch $@
 
 demo: setup
 	@test -d data/raw -a -d data/eval_sets || $(UV) run --frozen faceforge sample
+	$(UV) run --frozen dvc add --quiet data/raw data/eval_sets   # photos are data: versioned like every output
 	$(UV) run --frozen dvc repro
+	$(UV) run --frozen faceforge remote                          # the configured remote, else a folder on this machine
+	$(UV) run --frozen dvc push
 
 test: setup
 	$(UV) run --frozen pytest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
@@ -54,12 +55,13 @@ def parallel_map(
     workers: int = 0,
     chunk_size: int = 16,
     desc: str = "",
+    shared: dict[str, Path] | None = None,
 ) -> list[Result]:
     """Apply ``factory(config)`` to ``items`` in chunks, preserving order; shows a progress bar."""
     if not items:
         return []
     if os.environ.get("RAY_ADDRESS"):
-        return _ray_map(factory, config, items, chunk_size=chunk_size)
+        return _ray_map(factory, config, items, chunk_size=chunk_size, shared=shared or {})
     n = min(default_workers(workers), max(1, len(items) // chunk_size))
     results: list[Result] = []
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=None)
@@ -77,12 +79,19 @@ def parallel_map(
     return results
 
 
-def _ray_map(factory: type[BatchWorker], config: Any, items: Sequence[Item], *, chunk_size: int) -> list[Result]:
-    """Same contract on a Ray cluster: actors build the worker once, Ray Data streams the batches."""
+def _ray_map(factory: type[BatchWorker], config: Any, items: Sequence[Item], *, chunk_size: int,
+             shared: dict[str, Path]) -> list[Result]:
+    """Same contract on a Ray cluster: actors build the worker once, Ray Data streams the batches. The actors
+    run on other nodes, in other folders: ``config`` must name absolute paths, and ``shared`` (params key ->
+    folder) the folders they read or write, which every node must see (checked first)."""
     import pandas as pd
     import ray
 
-    ray.init(address=os.environ["RAY_ADDRESS"], ignore_reinit_error=True)
+    from components.ray_cluster import check_shared, connect
+
+    connect()
+    for setting, folder in shared.items():
+        check_shared([folder], setting)
 
     class _Actor:
         def __init__(self) -> None:

@@ -29,8 +29,10 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return ConnectionError, TimeoutError, BotoConnectionError, EndpointConnectionError
 
 
-def _report_errors(command: str, action: Callable[[], dict[str, Any]]) -> None:
-    """Run ``action`` and print its report; user errors become one line on stderr and a non-zero exit."""
+def _report_errors(command: str, action: Callable[[], dict[str, Any]],
+                   show: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Run ``action`` and print its report (JSON, or ``show``); user errors become one line on stderr and a
+    non-zero exit."""
     try:
         report = action()
     except ParamsError as exc:
@@ -45,7 +47,10 @@ def _report_errors(command: str, action: Callable[[], dict[str, Any]]) -> None:
         for line in str(exc).splitlines()[1:]:
             typer.echo(line, err=True)
         raise typer.Exit(1) from None
-    typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+    if show is not None:
+        show(report)
+    else:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
 
 
 def _run_stage(stage: str, params_file: Path, overrides: list[str] | None) -> None:
@@ -141,14 +146,20 @@ def lineage_command(
     version: Annotated[str, typer.Argument(help="a version number, or an alias such as champion")] = "champion",
     serving_repository: ServingOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of the summary")] = False,
+    dvc_lock: Annotated[bool, typer.Option("--dvc-lock", help="print the exact dvc.lock the version was built "
+                                           "from (at its git revision, `dvc pull` restores every output)")] = False,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Where a registered model came from and where it is served: data hash, git revision, params, metrics,
     gate verdict, approval, serving repositories, MLflow run and Prefect flow run."""
-    from flows.lineage import describe, render_text
+    from flows.lineage import describe, dvc_lock_text, render_text
     from flows.serving import registry_client, serving_repositories
 
     loaded = load_params(params)
+    if dvc_lock:
+        _report_errors("lineage", lambda: {"dvc.lock": dvc_lock_text(registry_client(loaded), loaded, version)},
+                       show=lambda report: typer.echo(report["dvc.lock"], nl=False))
+        return
     try:
         repositories = serving_repositories(loaded, serving_repository)
     except ValueError:
@@ -162,6 +173,26 @@ def lineage_command(
         typer.echo(f"faceforge lineage: {loaded.mlflow.registered_model} {version}: {exc}".splitlines()[0], err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str) if as_json else render_text(record))
+
+
+@app.command("remote")
+def remote_command(
+    url: Annotated[str | None, typer.Argument(help="s3://bucket/prefix for a team (AWS_ENDPOINT_URL for MinIO), or a "
+                                              "folder. Without: the configured remote, else this machine's "
+                                              "~/.cache/faceforge/dvc-storage")] = None,
+    workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+) -> None:
+    """Set (or show) the DVC remote every stage output is pushed to; checked first, credentials from the
+    environment, never written to a file."""
+    from flows.versioning import ensure_remote, set_remote
+
+    def action() -> dict[str, Any]:
+        if url:
+            return set_remote(workspace, url)
+        name, where = ensure_remote(workspace)
+        return {"remote": name, "url": where}
+
+    _report_errors("remote", action)
 
 
 @app.command("triton")

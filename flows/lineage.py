@@ -24,7 +24,8 @@ def registry_lineage(client: Any, params: Params, version: Any) -> Lineage:
                                 if k.startswith("eval.")})
     tags = version.tags
     return Lineage(model_sha256=tags.get("model_sha256", ""), git_revision=tags.get("git_revision", "unknown"),
-                   dvc_data_hash=tags.get("dvc_data_hash", "unknown"), metrics=metrics,
+                   dvc_data_hash=tags.get("dvc_data_hash", "unknown"), dvc_lock_sha256=tags.get("dvc_lock_sha256"),
+                   dvc_remote=tags.get("dvc_remote"), dvc_commit=tags.get("dvc_commit"), metrics=metrics,
                    params={k: v for k, v in run.data.params.items() if k.startswith("train.")},
                    gate_status=tags.get("gate.status"),
                    gate_reasons=tuple(r for r in tags.get("gate.reasons", "").split("; ") if r),
@@ -83,6 +84,10 @@ def render_text(record: dict[str, Any]) -> str:
              f"  model sha256      {lineage['model_sha256']}",
              f"  git revision      {lineage['git_revision']}",
              f"  training data     DVC md5 {lineage['dvc_data_hash']}",
+             f"  dvc.lock          sha256 {lineage['dvc_lock_sha256'] or '-'}",
+             f"  DVC remote        {lineage['dvc_remote'] or '-'}",
+             f"  run commit        {lineage['dvc_commit'] or '-'} (git checkout it, then `dvc pull`; or at the git "
+             f"revision: `faceforge lineage {record['version']} --dvc-lock > dvc.lock`, `dvc pull`)",
              f"  MLflow run        {lineage['mlflow_run_id']}",
              f"  Prefect flow run  {record['prefect_flow_run'] or '-'}",
              f"  gate              {lineage['gate_status'] or 'no verdict'}"
@@ -101,3 +106,19 @@ def render_text(record: dict[str, Any]) -> str:
     lines.append("  params            " + ", ".join(f"{k.removeprefix('train.')}={v}"
                                                    for k, v in sorted(lineage["params"].items())))
     return "\n".join(lines)
+
+
+def dvc_lock_text(client: Any, params: Params, ref: str) -> str:
+    """The dvc.lock a registered version was built from (its run's ``dvc.lock`` artifact), checked against the
+    SHA-256 on the version."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    version = resolve_version(client, params, ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(client.download_artifacts(version.run_id, "dvc/dvc.lock", tmp)).read_text()
+    expected = version.tags.get("dvc_lock_sha256")
+    if hashlib.sha256(text.encode()).hexdigest() != expected:
+        raise ValueError(f"version {version.version}: the run's dvc.lock does not have the recorded SHA-256 {expected}")
+    return text

@@ -130,6 +130,8 @@ def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dic
     tags = gate_tags(gate) | {"model_sha256": lineage.model_sha256, "git_revision": lineage.git_revision,
                               "dvc_data_hash": lineage.dvc_data_hash, "onnx_file": str(model_path),
                               "prefect.flow_run_id": lineage.prefect_flow_run_id or ""}
+    tags |= {k: v for k, v in (("dvc_lock_sha256", lineage.dvc_lock_sha256), ("dvc_remote", lineage.dvc_remote),
+                               ("dvc_commit", lineage.dvc_commit)) if v}
     existing = _registered_by_this_flow_run(client, name, tags)
     if existing is not None:
         return existing

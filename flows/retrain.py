@@ -6,10 +6,11 @@ Order matters for the faults a scheduled job meets:
 3. one Prefect task per DVC stage; a stage that failed transiently (exit code 75) is retried, anything else
    stops the flow with earlier outputs intact (DVC writes them atomically) and the next run resumes from
    DVC's cache,
-4. one task that runs the gate against the registry's ``champion`` and records everything in MLflow. It opens
-   the MLflow run only now, after training, and is retried while the tracking server is unreachable
-   (``orchestration.mlflow_retries``): a server that dies during training costs a wait, never the training,
-   and never leaves a version without its verdict (flows/record.py).
+4. one task that runs the gate against the registry's ``champion``, pushes the outputs of a passing run to the
+   DVC remote (flows/versioning.py) and records everything in MLflow, the exact ``dvc.lock`` included. It opens
+   the MLflow run only now, after training, and is retried while the tracking server or the remote is
+   unreachable (``orchestration.mlflow_retries``): a server that dies during training costs a wait, never the
+   training, and never leaves a version without its verdict (flows/record.py).
 Nothing is served here: the approval watcher does that once a person moves the ``champion`` alias.
 """
 
@@ -46,6 +47,8 @@ from flows.tracking import (
     fail_fast,
     tracking_uri,
 )
+from flows.versioning import commit_run, describe_remote, lock_record
+from flows.versioning import push as push_outputs
 from pipelines.common import REPORTS
 from pipelines.params import Params
 from pipelines.publish import file_lineage
@@ -57,10 +60,11 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(error, StageFailed) and error.transient
 
 
-def _tracking_down(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry the MLflow step only while the tracking server does not answer; any other error is a bug to see."""
+def _may_pass(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the record step only while a server (MLflow, the DVC remote) does not answer; any other error is
+    a bug or a refusal to see, not to wait out."""
     error = state.result(raise_on_failure=False)
-    if isinstance(error, MlflowUnavailable):
+    if isinstance(error, ConnectionError):  # MlflowUnavailable, RemoteUnavailable
         return True
     try:
         check_reachable(mlflow.get_tracking_uri())
@@ -98,8 +102,15 @@ def _record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, A
     _close_abandoned_runs(experiment.experiment_id, flow_run_id)
     champion_version, champion = champion_metrics(uri, params.mlflow.registered_model, params.mlflow.champion_alias)
     verdict = run_gate(params, champion)
+    lock_text, lock_sha = lock_record()
+    # A version that may be approved must be rebuildable elsewhere: its outputs go to the DVC remote, and what
+    # git must hold (dvc.lock, metrics, params) to a commit of its own on faceforge/runs/<flow run>.
+    pushed = push_outputs() if verdict["passed"] else None
+    commit = commit_run(Path("."), f"faceforge/runs/{flow_run_name}",
+                        f"faceforge retrain {flow_run_name}: dvc.lock, metrics, params") if pushed else None
     lineage = replace(file_lineage(params, Path(params.publish.model)), prefect_flow_run_id=flow_run_id or None,
-                      gate_status=verdict["status"], gate_reasons=tuple(verdict["reasons"]))
+                      gate_status=verdict["status"], gate_reasons=tuple(verdict["reasons"]), dvc_lock_sha256=lock_sha,
+                      dvc_remote=describe_remote(pushed["url"]) if pushed else None, dvc_commit=commit)
     with mlflow.start_run(run_name=f"retrain-{flow_run_name}") as run:
         mlflow.set_tag("prefect.flow_run_id", flow_run_id)
         log_params(params)
@@ -107,8 +118,9 @@ def _record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, A
         log_dataset(params, lineage.dvc_data_hash)
         log_artifacts(params)
         mlflow.log_text(model_card(params, lineage, metrics, verdict), "model_card.md")
+        mlflow.log_text(lock_text, "dvc/dvc.lock")
         mlflow.set_tags(gate_tags(verdict) | {"git_revision": lineage.git_revision,
-                                              "dvc_data_hash": lineage.dvc_data_hash})
+                                              "dvc_data_hash": lineage.dvc_data_hash, "dvc_lock_sha256": lock_sha})
         version = register_model(params, Path(params.publish.model), lineage, verdict)
     return {"run_id": run.info.run_id, "experiment_id": experiment.experiment_id, "model_version": version,
             "verdict": verdict, "champion_version": champion_version, "champion": champion}
@@ -177,7 +189,7 @@ def retrain(workspace: str = ".", lock_timeout_s: float | None = None) -> dict[s
                 record_failure(params, flow_run_id, stage, exc)
                 raise
         record_task = record.with_options(retries=o.mlflow_retries, retry_delay_seconds=o.retry_delay_s,
-                                          retry_condition_fn=_tracking_down)
+                                          retry_condition_fn=_may_pass)
         recorded = record_task(params, flow_run_id, flow_run.get_name() or "local")
         verdict = recorded["verdict"]
         summary = {"run_id": recorded["run_id"], "experiment_id": recorded["experiment_id"],

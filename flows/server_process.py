@@ -69,11 +69,13 @@ class ServerProcess:
             return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            if not self._signal_group(signal.SIGTERM, 30):
-                self._signal_group(signal.SIGKILL, 30)
-        elif self.process is not None:
-            self._signal_group(signal.SIGKILL, 5)  # a leader gone early may leave children in its group
+        """SIGTERM to the group, SIGKILL after 30 s; then SIGKILL whatever is left in the group (a leader that
+        exits first, as ``ray start --block`` does, can leave its daemons behind)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM, 30)
+        self._signal_group(signal.SIGKILL, 30)
 
     def kill(self) -> None:
         """What a crash looks like: SIGKILL, no shutdown."""

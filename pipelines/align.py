@@ -22,9 +22,11 @@ def run(params: Params) -> dict[str, Any]:
     ok = detections[detections.status == "ok"].reset_index(drop=True)
     report: dict[str, Any] = {}
     with timed(report), atomic_dir(p.out_dir) as tmp:
-        job = AlignJob(params.data.raw_dir, tmp, p.image_size, p.jpeg_quality, params.detect.max_pixels)
+        job = AlignJob(params.data.raw_dir.resolve(), tmp.resolve(), p.image_size, p.jpeg_quality,
+                       params.detect.max_pixels)  # absolute: Ray actors run in other folders
         items = ok[["path", "identity", "sha256", "landmarks"]].to_dict("records")
-        results = pd.DataFrame(parallel_map(AlignWorker, job, items, workers=params.detect.workers, desc=STAGE))
+        results = pd.DataFrame(parallel_map(AlignWorker, job, items, workers=params.detect.workers, desc=STAGE,
+                                            shared={"data.raw_dir": job.raw_root, "align.out_dir": job.out_root}))
         table = pd.concat([ok.drop(columns=["status", "detail"]), results], axis=1)
         kept = table[table.status == "ok"].drop(columns=["status", "detail"])
         kept.to_parquet(tmp / "manifest.parquet", index=False)

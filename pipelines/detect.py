@@ -34,8 +34,9 @@ def run(params: Params) -> dict[str, Any]:
         known = cache.load()
         todo = [{"path": im.path, "sha256": h} for im, h in zip(images, hashes, strict=True) if h not in known]
         todo = list({item["sha256"]: item for item in todo}.values())  # identical bytes are detected once
-        job = DetectJob(config, root, p.centre_weight, p.max_pixels)
-        fresh = parallel_map(DetectWorker, job, todo, workers=p.workers, desc=STAGE)
+        job = DetectJob(config, root.resolve(), p.centre_weight, p.max_pixels)  # absolute: Ray actors run elsewhere
+        fresh = parallel_map(DetectWorker, job, todo, workers=p.workers, desc=STAGE,
+                             shared={"data.raw_dir": root})
         known.update({row["sha256"]: row for row in fresh})
         cache.save(known)
 

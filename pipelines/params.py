@@ -127,6 +127,11 @@ class TrainParams(_Section):
                                      "backbone copies are identical (a float64 checksum all-gather); 0 = off",
                                      json_schema_extra=RUNTIME)
     resume_from: Path | None = Field(None, description="a checkpoint folder (any worker count) to continue from")
+    storage_path: str = Field(".faceforge/ray", json_schema_extra=RUNTIME,
+                              description="where Ray Train keeps the run's checkpoints: a folder (every node of a "
+                              "cluster must see it) or s3://bucket/prefix (AWS_ENDPOINT_URL for MinIO)")
+    keep_run_storage: bool = Field(False, json_schema_extra=RUNTIME,
+                                   description="keep a finished run's checkpoints under storage_path")
     bn_recalibration_samples: int = Field(2048, ge=0, description="re-estimate BatchNorm stats on this many faces")
     out_dir: Path = Path("data/train")
 

@@ -33,8 +33,9 @@ def run(params: Params) -> dict[str, Any]:
     report: dict[str, Any] = {}
     with timed(report), atomic_dir(p.out_dir) as tmp:
         items = aligned[["aligned_path", "aligned_landmarks"]].to_dict("records")
-        measured = pd.DataFrame(parallel_map(QualityWorker, params.align.out_dir, items,
-                                             workers=params.detect.workers, desc=STAGE))
+        aligned_dir = params.align.out_dir.resolve()  # absolute: Ray actors run in other folders
+        measured = pd.DataFrame(parallel_map(QualityWorker, aligned_dir, items, workers=params.detect.workers,
+                                             desc=STAGE, shared={"align.out_dir": aligned_dir}))
         table = pd.concat([aligned.reset_index(drop=True), measured], axis=1)
         unreadable = table[table.measure_error != ""]
         table = table[table.measure_error == ""].drop(columns="measure_error").reset_index(drop=True)

@@ -1,36 +1,58 @@
-"""DVC stage ``train``: packed faces -> backbone ``state_dict`` + config, via Ray Train (TorchTrainer)."""
+"""DVC stage ``train``: packed faces -> backbone ``state_dict`` + config, via Ray Train (TorchTrainer).
+
+The run lives under ``train.storage_path`` with a name derived from what determines its result (the packed
+data and every result-affecting ``train.*`` setting), outside the stage's atomic output folder: when the
+driver dies (Ctrl-C, OOM, reboot, ``kill -9``), the next ``dvc repro`` finds the same run and Ray Train resumes
+it from its last complete checkpoint. A finished run's storage is deleted unless ``train.keep_run_storage``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
 from components.io.atomic import atomic_dir
+from components.io.checksums import sha256_file
 from components.models import get_model
 from components.recordio.insightface import FaceRecordDataset
 from components.training.batchnorm import recalibrate_batchnorm
 from components.training.checkpoint import TRAINER
 from components.training.config import TrainConfig
 from components.training.plots import plot_loss
-from components.training.ray_runner import run_on_ray
+from components.training.ray_runner import delete_run, local_copy, run_on_ray
 from pipelines.common import REPORTS, timed, write_report
-from pipelines.params import Params
+from pipelines.params import Params, TrainParams, runtime_settings
 
 STAGE = "train"
+
+
+def run_name(params: Params) -> str:
+    """Same packed data + same result-affecting settings = same run (so an interrupted one is resumed)."""
+    p = params.train
+    settings = {k: v for k, v in p.model_dump(mode="json").items()
+                if k not in runtime_settings(TrainParams) and k != "out_dir"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    packed = Path(params.pack.out_dir)
+    for name in ("property", "train.idx"):  # the index holds every record's offset: it changes with the data
+        digest.update(sha256_file(packed / name).encode() if (packed / name).is_file() else b"missing")
+    return f"{STAGE}-{digest.hexdigest()[:16]}"
 
 
 def run(params: Params) -> dict[str, Any]:
     p = params.train
     fields = {k: v for k, v in p.model_dump().items() if k in TrainConfig.__dataclass_fields__}
     report: dict[str, Any] = {}
+    name = run_name(params)
     with timed(report), atomic_dir(p.out_dir) as tmp:
         cfg = TrainConfig(**(fields | {"data_dir": str(params.pack.out_dir), "out_dir": str(tmp)}))
-        result = run_on_ray(cfg, tmp / "ray", STAGE, resume_from=p.resume_from)
-        trainer = torch.load(result.checkpoint_dir / TRAINER, map_location="cpu", weights_only=False)
+        result = run_on_ray(cfg, p.storage_path, name, resume_from=p.resume_from)
+        checkpoint = local_copy(result.checkpoint, tmp / "checkpoint")  # resume point (re-shardable)
+        trainer = torch.load(checkpoint / TRAINER, map_location="cpu", weights_only=False)
         backbone = get_model(p.backbone, embedding_size=p.embedding_size)
         backbone.load_state_dict(trainer["backbone"])
         bn_samples = recalibrate_batchnorm(backbone, FaceRecordDataset(params.pack.out_dir, seed=p.seed),
@@ -39,16 +61,18 @@ def run(params: Params) -> dict[str, Any]:
         model = {"backbone": p.backbone, "embedding_size": p.embedding_size, "input_size": [112, 112],
                  "num_classes": trainer["extra"]["num_classes"], "normalisation": "(rgb / 127.5) - 1"}
         (tmp / "model.json").write_text(json.dumps(model, indent=2) + "\n")
-        shutil.copytree(result.checkpoint_dir, tmp / "checkpoint")  # resume point (re-shardable)
-        shutil.rmtree(tmp / "ray")
         history = pd.DataFrame(result.metrics.get("history", []))
         plot_loss(history, tmp / "loss.png")
+    if not p.keep_run_storage:
+        delete_run(p.storage_path, name)
+    REPORTS.mkdir(exist_ok=True)
     history.to_csv(REPORTS / "train_loss.csv", index=False)
     report.update(steps=int(result.metrics["step"]), final_loss=round(float(result.metrics["loss"]), 4),
                   skipped_steps=int(result.metrics.get("skipped_steps", 0)),
                   samples_per_s=round(float(history.samples_per_s.tail(max(1, len(history) // 2)).mean()), 2)
                   if len(history) else 0.0,
-                  workers=p.num_workers, sample_rate=p.sample_rate, backbone=p.backbone,
+                  workers=p.num_workers, sample_rate=p.sample_rate, backbone=p.backbone, run=name,
+                  resumed_from_step=result.resumed_from_step,
                   bn_recalibration_samples=bn_samples)
     write_report(STAGE, report)
     return report

@@ -71,6 +71,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def reset_moto(endpoint: str) -> None:
+    """moto keeps its buckets in process-wide state that every server in this process shares: start empty."""
+    import httpx
+
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+
+
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """moto's S3 server on 127.0.0.1: a real S3 HTTP API that boto3 talks to over the network."""
@@ -82,6 +89,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    reset_moto(f"http://127.0.0.1:{port}")
     for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)

@@ -225,10 +225,12 @@ def test_serve_flows_serves_a_moved_champion_by_itself(registry: Params, tmp_pat
         _approve(v1)
         try:
             wait_for(lambda: _serving(LocalStore(serving)) == ([1], v1), 240, f"serve-flows serving version {v1}")
+            # The run then records the serving on the version (after the repository switched).
+            tags = wait_for(lambda: mlflow.MlflowClient().get_model_version(NAME, v1).tags.get("serving.last"), 60,
+                            "the serving recorded on the version")
         except TimeoutError as exc:
             raise AssertionError(watcher.tail()) from exc
-    assert json.loads(mlflow.MlflowClient().get_model_version(NAME, v1).tags["serving.last"])["served_versions"] == {
-        str(serving): 1}
+    assert json.loads(tags)["served_versions"] == {str(serving): 1}
 
 
 def test_unreachable_servers_are_one_line_naming_the_url_and_exit_75(registry: Params, tmp_path: Path) -> None:

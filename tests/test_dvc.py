@@ -100,3 +100,54 @@ def test_a_runtime_setting_reruns_nothing(params: Path, pipeline: Path, setting:
 def test_a_training_setting_reruns_train_and_everything_after_it(params: Path, pipeline: Path) -> None:
     _set(params, "train.lr", 0.01)
     assert _would_run(pipeline) == AFTER_TRAIN
+
+
+def test_push_then_a_fresh_clone_at_the_run_commit_pulls_every_output(tmp_path: Path) -> None:
+    """The local-folder remote: run (here: committed outputs), push, commit the run, clone, pull, compare."""
+    from dvc.repo import Repo
+
+    from components.io.checksums import sha256_file
+    from flows.versioning import commit_run, push, set_remote
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for folder in ("pipelines", "components"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    with in_workspace(root), Repo(str(root)) as repo:  # inputs no stage produces
+        produced = {out.fs_path for stage in repo.index.stages for out in stage.outs}
+        for stage in repo.index.stages:
+            for item in stage.deps:
+                if not any(item.fs_path == o or item.fs_path.startswith(o + "/") for o in produced):
+                    _touch(Path(item.fs_path))
+    for raw in ("data/raw", "data/eval_sets"):  # the photos: `dvc add`, as `make demo` does
+        subprocess.run([sys.executable, "-m", "dvc", "add", "-q", raw], cwd=root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "code"], cwd=root, check=True)
+    with in_workspace(root), Repo(str(root)) as repo:  # what `dvc repro` leaves
+        for stage in repo.index.stages:
+            for item in [*stage.deps, *stage.outs]:
+                _touch(Path(item.fs_path))
+        repo.commit(force=True)
+    storage = tmp_path / "storage"
+    assert set_remote(root, str(storage))["config"] == ".dvc/config.local"  # per machine, not committed
+    pushed = push(root)
+    assert pushed["remote"] == "local" and pushed["pushed"] > 0
+    commit = commit_run(root, "faceforge/runs/first", "faceforge run: dvc.lock + metrics")
+    assert subprocess.run(["git", "status", "--porcelain", "--", "dvc.lock"], cwd=root, capture_output=True,
+                          text=True).stdout.startswith("??")  # the working tree and index are untouched
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "--local", "-d", "local", str(storage)],
+                   cwd=clone, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "pull", "-q"], cwd=clone, check=True)
+    for path in ("data/export/model.onnx", "data/packed/placeholder", "data/raw/placeholder"):
+        assert sha256_file(clone / path) == sha256_file(root / path), path
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=clone, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from flows.server_process import prefect_server
+from tests.conftest import reset_moto
 from tests.servers import mlflow_server, prefect_worker, quiet_env, wait_for
 
 REPO = Path(__file__).parents[1]
@@ -38,6 +39,7 @@ NAME = "faceforge-embedder"
 POOL = "faceforge"
 POLL_S = 30  # the watcher's interval, as prefect.yaml ships it
 REPOSITORY = "s3://models/triton"
+DVC_REMOTE = "s3://dvc/store"
 
 BETTER = {"train": {"lr": 0.05, "embedding_size": 128}}  # ... trained for real, beats it at the gate
 SMALL: dict[str, Any] = {
@@ -90,6 +92,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
     subprocess.run([str(Path(sys.executable).parent / "faceforge"), "sample"], cwd=root, check=True,
                    capture_output=True)
+    for photos in ("data/raw", "data/eval_sets"):  # data is versioned by DVC, as `make demo` does it
+        subprocess.run([sys.executable, "-m", "dvc", "add", "-q", photos], cwd=root, check=True)
     _git(root, "add", "-A")
     _git(root, "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "faceforge checkout")
     return root
@@ -111,8 +115,14 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     os.environ.update(s3_env)  # this process reads the repository and runs Triton against the same S3
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     moto.start()
-    for bucket in ("mlflow", "models"):
+    reset_moto(s3_env["AWS_ENDPOINT_URL"])
+    for bucket in ("mlflow", "models", "dvc"):
         boto3.client("s3").create_bucket(Bucket=bucket)
+    # The team's DVC remote, committed with the code (credentials stay in the environment).
+    subprocess.run([str(Path(sys.executable).parent / "faceforge"), "remote", DVC_REMOTE], cwd=project, check=True,
+                   capture_output=True, env=quiet_env(**s3_env))
+    _git(project, "add", ".dvc/config")
+    _git(project, "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "team DVC remote")
     api = f"http://127.0.0.1:{prefect_port}/api"
     tracking = f"http://127.0.0.1:{mlflow_port}"
     env = quiet_env(**s3_env, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=tracking, FACEFORGE_WORKSPACE=str(project),
@@ -212,6 +222,7 @@ def _triton_answers(server: Any, repository_version: str, faces: np.ndarray, exp
 def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str, Any], tmp_path: Path) -> None:
     from components.evaluation.embedders import to_input
     from components.export.faces import sample_faces
+    from components.io.checksums import sha256_file
     from components.serving.repository import complete_versions, read_manifest, served
     from components.serving.store import open_store
     from components.serving.triton_server import TritonServer
@@ -235,6 +246,21 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     assert any(k.endswith("model_card.md") for k in stored)  # MLflow's artifacts live on S3
     artifacts = httpx.post(f"{stack['api']}/artifacts/filter", json={}, timeout=10).json()
     assert {"faceforge-retrain", "faceforge-gate-metrics"} <= {a["key"] for a in artifacts}
+
+    #    ... and on another machine, the run's commit and the DVC remote give back the very same bytes.
+    assert v1.tags["dvc_remote"].startswith(DVC_REMOTE)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    subprocess.run(["git", "checkout", "-q", v1.tags["dvc_commit"]], cwd=clone, check=True)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "dvc", "pull", "-q"], cwd=clone, check=True, env=stack["env"])
+    print(f"dvc pull of the sample pipeline from S3: {time.monotonic() - started:.1f} s")
+    assert sha256_file(clone / "data" / "export" / "model.onnx") == v1.tags["model_sha256"]
+    for name in ("train.rec", "train.idx", "property"):
+        assert sha256_file(clone / "data" / "packed" / name) == sha256_file(project / "data" / "packed" / name)
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=clone, env=stack["env"],
+                            capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
 
     # 2. A person approves version 1 (the UI's request); the watcher serves it to S3 by itself.
     approved = _set_champion(stack, "1")
@@ -266,6 +292,13 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         assert versions == [1, 2]  # nothing half-registered by the failed attempt
         v2 = client.get_model_version(NAME, "2")
         assert v2.tags["gate.status"] == "pass" and v2.aliases == ["challenger"], v2.tags
+        # Each run is a commit: `dvc metrics diff` / `dvc params diff` compare two trainings.
+        diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "--json", v1.tags["dvc_commit"],
+                               v2.tags["dvc_commit"]], cwd=project, capture_output=True, text=True, check=True)
+        assert "ijbc.tar_at_far_1e-1" in json.loads(diff.stdout)["reports/eval.json"]
+        diff = subprocess.run([sys.executable, "-m", "dvc", "params", "diff", "--json", v1.tags["dvc_commit"],
+                               v2.tags["dvc_commit"]], cwd=project, capture_output=True, text=True, check=True)
+        assert json.loads(diff.stdout)["params.yaml"]["train.lr"] == {"old": 1e-06, "new": 0.05}
         assert v2.tags["prefect.flow_run_id"] == second_run["id"] and v2.tags["model_sha256"] != v1.tags[
             "model_sha256"]
 

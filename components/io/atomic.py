@@ -33,9 +33,14 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``target`` (a whole folder) once the block succeeds."""
+    """Yield a fresh temporary directory that replaces ``target`` (a whole folder) once the block succeeds.
+
+    A run killed with SIGKILL cannot clean up after itself: its temporary folder is removed here, at the next
+    start (one writer per output is DVC's rule, so a leftover is never in use)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*target.parent.glob(f".{target.name}.*.tmp"), target.with_name(f".{target.name}.old")]:
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp

@@ -28,6 +28,9 @@ class Lineage:
     model_sha256: str
     git_revision: str = "unknown"
     dvc_data_hash: str = "unknown"  # DVC's md5 of the packed training data (dvc.lock)
+    dvc_lock_sha256: str | None = None  # the exact dvc.lock that, at git_revision, `dvc pull`s every output
+    dvc_remote: str | None = None  # where those outputs were pushed
+    dvc_commit: str | None = None  # git commit of the run (code + dvc.lock + metrics): checkout, `dvc pull`
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # flattened ``train.*`` params the model was trained with
     gate_status: str | None = None

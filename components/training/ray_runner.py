@@ -1,12 +1,21 @@
-"""Run ``train_worker`` on Ray Train: local Ray by default, a cluster when ``RAY_ADDRESS`` is set."""
+"""Run ``train_worker`` on Ray Train: a fresh local Ray by default, a cluster when ``RAY_ADDRESS`` is set.
+
+Where the run lives (``storage``): a folder, or ``s3://bucket/prefix`` (pyarrow's S3 filesystem, honouring
+``AWS_ENDPOINT_URL`` for MinIO), which every node of a multi-node cluster must reach. The caller names the run
+after what determines its result, so a run whose driver died (Ctrl-C, OOM, reboot) is found again under the
+same name and Ray Train resumes it from its last complete checkpoint by itself.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from components.ray_cluster import check_shared, connect
 from components.recordio.insightface import FaceRecordDataset
 from components.training.config import TrainConfig
 from components.training.loop import check_inputs, train_worker
@@ -16,15 +25,67 @@ from components.training.sessions import RaySession
 @dataclass(frozen=True)
 class TrainResult:
     metrics: dict[str, Any]
-    checkpoint_dir: Path
+    checkpoint: Any  # ray.train.Checkpoint: ``to_directory()`` gives a local copy wherever the storage is
+    resumed_from_step: int | None  # the step an interrupted run with the same name was resumed from
 
 
 def _worker(config: dict[str, Any]) -> None:
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    # Every report's full repr at INFO, on a logger named after its file (outside RunConfig's level filter).
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
     train_worker(config["cfg"], RaySession())
 
 
-def run_on_ray(cfg: TrainConfig, storage: Path, name: str, resume_from: Path | None = None) -> TrainResult:
-    import ray
+def storage_filesystem(storage: str) -> tuple[str, Any]:
+    """(path for Ray, pyarrow filesystem or None): S3 through pyarrow with the environment's endpoint."""
+    if not storage.startswith("s3://"):
+        return str(Path(storage).resolve()), None
+    from pyarrow import fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options |= {"endpoint_override": parsed.netloc, "scheme": parsed.scheme or "http"}
+    return storage.removeprefix("s3://").strip("/"), fs.S3FileSystem(**options)
+
+
+def latest_checkpoint_step(storage: str, name: str) -> int | None:
+    """The step of the newest complete checkpoint an earlier run with this name left, if any."""
+    import pyarrow.fs as pafs
+
+    path, filesystem = storage_filesystem(storage)
+    filesystem = filesystem or pafs.LocalFileSystem()
+    run = f"{path}/{name}"
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(run, allow_not_found=True))
+    except OSError:
+        return None
+    steps = []
+    for entry in entries:
+        meta = f"{entry.path}/meta.json"
+        if entry.type == pafs.FileType.Directory and filesystem.get_file_info(meta).type == pafs.FileType.File:
+            import json
+
+            with filesystem.open_input_stream(meta) as f:
+                steps.append(int(json.loads(f.read())["step"]))
+    return max(steps, default=None)
+
+
+def delete_run(storage: str, name: str) -> None:
+    import pyarrow.fs as pafs
+
+    path, filesystem = storage_filesystem(storage)
+    filesystem = filesystem or pafs.LocalFileSystem()
+    if filesystem.get_file_info(f"{path}/{name}").type != pafs.FileType.NotFound:
+        filesystem.delete_dir(f"{path}/{name}")
+
+
+def run_on_ray(cfg: TrainConfig, storage: str | Path, name: str, resume_from: Path | None = None) -> TrainResult:
+    from ray import LoggingConfig
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -32,21 +93,34 @@ def run_on_ray(cfg: TrainConfig, storage: Path, name: str, resume_from: Path | N
     # than in every worker and again on every FailureConfig retry.
     cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()), out_dir=str(Path(cfg.out_dir).resolve()))
     check_inputs(cfg, FaceRecordDataset(cfg.data_dir), cfg.num_workers)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    storage = str(storage)
+    connect()
+    check_shared([storage, cfg.data_dir], "train.storage_path / pack.out_dir")
+    resumed = latest_checkpoint_step(storage, name)
+    if resumed is not None:
+        print(f"resuming training run {name} from its checkpoint at step {resumed} in {storage}", flush=True)
+    path, filesystem = storage_filesystem(storage)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"cfg": cfg},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage).resolve()),
+            storage_path=path,
+            storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Transient resource-request timeouts on a busy machine come with tracebacks at WARNING.
+            logging_config=LoggingConfig(encoding="TEXT", log_level="ERROR"),
         ),
         resume_from_checkpoint=Checkpoint.from_directory(str(resume_from)) if resume_from else None,
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} finished without a checkpoint: {result.error}")
-    return TrainResult(dict(result.metrics or {}), Path(result.checkpoint.path))
+    return TrainResult(dict(result.metrics or {}), result.checkpoint, resumed)
+
+
+def local_copy(checkpoint: Any, into: Path | None = None) -> Path:
+    """The checkpoint as a local folder (downloaded from S3 when that is where it lives)."""
+    return Path(checkpoint.to_directory(str(into) if into else tempfile.mkdtemp(prefix="faceforge-ckpt-")))

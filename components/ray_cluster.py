@@ -1,0 +1,86 @@
+"""The Ray cluster that training and preprocessing run on: how to join it, and what every node must see.
+
+Without ``RAY_ADDRESS``, always a fresh local instance (never a cluster that a dead ``ray start`` left in
+Ray's address file: joining that retried for minutes). With it, a cluster that does not answer fails within
+seconds, naming the address. On a multi-node cluster, a folder the workers read or write must be visible on
+every node (NFS and the like), or the work is refused before it starts, naming the nodes that cannot see it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+CONNECT_TIMEOUT_S = 20
+
+
+class ClusterUnreachable(ConnectionError):
+    """``RAY_ADDRESS`` names a cluster that does not answer."""
+
+
+class FolderNotShared(ValueError):
+    """A folder the work needs is not visible on some node of the cluster."""
+
+
+def connect(address: str | None = None) -> None:
+    """Without ``RAY_ADDRESS``: always a fresh local instance (never a cluster a dead ``ray start`` left in
+    Ray's address file). With it: fail within seconds, naming the address, when nothing answers there."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if address and address not in ("auto", "local"):
+        host_port = urlparse(address if "://" in address else f"ray://{address}").netloc
+        host, _, port = host_port.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as exc:
+            raise ClusterUnreachable(f"the Ray cluster at RAY_ADDRESS={address} is unreachable ({exc})") from None
+    # Ray's uv hook would build a second virtualenv for the workers on every run when the driver runs under
+    # `uv run`; the workers use this interpreter's environment on one machine, the cluster image's on a
+    # cluster (whose nodes have no internet to build one): README "Training on a Ray cluster".
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Progress is the loop's own print, once per log_every: plain stdout forwarded once (Ray Train's print
+    # patch would log every line a second time); Ray's own logs only at ERROR (and ray_runner's RunConfig).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not address:  # node preemption is a cloud cluster's event; locally its watcher only logs an error line
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, logging_level="ERROR")
+
+
+def check_shared(folders: Sequence[str | Path], setting: str) -> None:
+    """A marker written in each folder here must be visible from a task on every other node; else refuse,
+    naming ``setting`` (the params key to change) and the nodes that cannot see it. S3 URLs are shared."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    local = [Path(f).resolve() for f in folders if not str(f).startswith("s3://")]
+    if len(nodes) < 2 or not local:
+        return
+
+    @ray.remote(num_cpus=0)
+    def sees(paths: list[str]) -> list[bool]:
+        return [os.path.exists(p) for p in paths]
+
+    markers = []
+    for folder in local:
+        folder.mkdir(parents=True, exist_ok=True)
+        markers.append(folder / f".faceforge-shared-{uuid.uuid4().hex}")
+        markers[-1].write_text("")
+    try:
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote([str(m) for m in markers]) for n in nodes])
+    finally:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
+    for i, folder in enumerate(local):
+        blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen, strict=True) if not ok[i]]
+        if blind:
+            raise FolderNotShared(f"{setting} {folder} is a folder that nodes {blind} of the {len(nodes)}-node "
+                                  "cluster cannot see: put it on a shared mount (or S3 where s3:// is accepted)")

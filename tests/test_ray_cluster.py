@@ -1,0 +1,128 @@
+"""[H] Training on a real two-node Ray cluster on 127.0.0.1 (two raylets: `ray start --head` + `ray start
+--address`), checkpoints on S3 (moto's server), token authentication on as a team runs it (`RAY_AUTH_TOKEN`
+shared by every node and the driver). Mid-run the second node is killed and a new node joins (Ray Train's
+FailureConfig restarts the workers from the S3 checkpoint); then the driver itself is killed (`kill -9` of its
+process group, as a reboot or an OOM would) and `faceforge train` run again resumes the same run from its last
+checkpoint by itself. The weights equal those of an uninterrupted run (CPU, same seed)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from components.serving.triton_server import free_port
+from flows.server_process import ServerProcess
+from tests.servers import quiet_env, wait_for
+from tests.training_data import write_tiny_faces
+
+REPO = Path(__file__).parents[1]
+STORAGE = "s3://models/ray"
+TRAIN = ["--set", "train.num_workers=2", "--set", "train.max_steps=10", "--set", "train.batch_size=4",
+         "--set", "train.embedding_size=32", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
+         "--set", "train.sample_rate=0.5", "--set", "train.bn_recalibration_samples=8", "--set", "train.max_failures=3",
+         "--set", "train.loader_workers=0", "--set", f"train.storage_path={STORAGE}"]
+
+
+def _alive_nodes(address: str, env: dict[str, str]) -> int:
+    probe = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+
+
+def _node(name: str, command: list[str], env: dict[str, str], logs: Path, ready: Any) -> ServerProcess:
+    ray = str(Path(sys.executable).parent / "ray")
+    return ServerProcess(name, [ray, "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+                                "--disable-usage-stats", *command], env, logs / f"{name}.log", ready)
+
+
+def _latest_step(s3: Any) -> int:
+    """Step of the newest complete checkpoint in the run's storage (rank 0's meta.json and both head shards)."""
+    import json
+
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="ray/").get("Contents", [])]
+    folders = [k.rsplit("/", 1)[0] for k in keys if k.endswith("/meta.json")]
+    complete = [f for f in folders if all(f"{f}/head_rank{r}.pt" in keys for r in (0, 1))]
+    return max((json.loads(s3.get_object(Bucket="models", Key=f"{f}/meta.json")["Body"].read())["step"]
+                for f in complete), default=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_path: Path, s3: Any) -> None:
+    write_tiny_faces(tmp_path / "data" / "packed", classes=6, per_class=8)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "reports").mkdir()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    s3_env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                         "AWS_DEFAULT_REGION")}
+    env = quiet_env(**s3_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env.pop("RAY_ADDRESS", None)
+    logs = tmp_path / "logs"
+    head = _node("ray-head", ["--head", f"--port={port}", "--include-dashboard=false"], env, logs,
+                 lambda: _alive_nodes(address, env) >= 1)
+    second = _node("ray-node-2", [f"--address={address}"], env, logs, lambda: _alive_nodes(address, env) >= 2)
+    third = _node("ray-node-3", [f"--address={address}"], env, logs, lambda: _alive_nodes(address, env) >= 2)
+    faceforge = [str(Path(sys.executable).parent / "faceforge"), "train", *TRAIN]
+    driver_env = env | {"RAY_ADDRESS": address}
+    try:
+        head.start()
+        second.start()
+        started = time.monotonic()
+        clean = subprocess.run(faceforge, cwd=tmp_path, env=driver_env, capture_output=True, text=True, timeout=600)
+        assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
+        clean_seconds = time.monotonic() - started
+        reference = torch.load(tmp_path / "data" / "train" / "backbone.pth")
+        assert not s3.list_objects_v2(Bucket="models", Prefix="ray/train-").get("KeyCount")  # finished: freed
+
+        # Again: the second node dies once the first checkpoint is safely on S3, a new node joins ...
+        started = time.monotonic()
+        with (tmp_path / "faulty.log").open("w") as log:
+            run = subprocess.Popen(faceforge, cwd=tmp_path, env=driver_env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        wait_for(lambda: _latest_step(s3) >= 2, 300, "the first checkpoint on S3", 0.5)
+        second.kill()
+        wait_for(lambda: _alive_nodes(address, env) == 1, 120, "the cluster noticing the lost node", 2)
+        third.start()
+        # ... the workers restart from that checkpoint and go on; then the driver dies as well.
+        wait_for(lambda: _latest_step(s3) >= 6, 300, "a checkpoint after the recovery", 0.5)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+        lost_at = time.monotonic() - started
+        resumed = subprocess.run(faceforge, cwd=tmp_path, env=driver_env, capture_output=True, text=True,
+                                 timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        faulty_seconds = time.monotonic() - started
+    finally:
+        for node in (third, second, head):
+            node.stop()
+    assert "resuming training run train-" in resumed.stdout and "from its checkpoint at step" in resumed.stdout
+    assert '"resumed_from_step": ' in resumed.stdout
+    recovered = torch.load(tmp_path / "data" / "train" / "backbone.pth")
+    for name, value in reference.items():
+        torch.testing.assert_close(recovered[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    print(f"two-node run: uninterrupted {clean_seconds:.0f} s; with a lost node and a killed driver "
+          f"{faulty_seconds:.0f} s (driver killed after {lost_at:.0f} s)")
+
+
+def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path: Path) -> None:
+    write_tiny_faces(tmp_path / "data" / "packed", classes=4, per_class=4)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    address = f"127.0.0.1:{free_port()}"
+    done = subprocess.run([str(Path(sys.executable).parent / "faceforge"), "train", "--set", "train.batch_size=4"],
+                          cwd=tmp_path, env=quiet_env(RAY_ADDRESS=address), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 75, done.stderr
+    # (a TCP check bounded by ray_runner.CONNECT_TIMEOUT_S, not Ray's own minutes of reconnect attempts)
+    assert f"the Ray cluster at RAY_ADDRESS={address} is unreachable" in done.stderr

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,11 +33,10 @@ from components.export import export_onnx
 from components.io.checksums import sha256_file
 from components.models import get_model
 from components.serving.lineage import Lineage
-from components.serving.triton_server import TritonServer, free_port
+from components.serving.triton_server import TritonServer
 from flows.record import register_model
-from flows.server_process import ServerProcess
 from pipelines.params import load_params
-from tests.servers import quiet_env, wait_for
+from tests.servers import serve_flows, wait_for
 
 OUT = Path("reports/bench/approval_latency.json")
 NAME = "faceforge-embedder"
@@ -92,13 +90,7 @@ def main() -> None:
         expected[version] = OnnxEmbedder(path).session.run(None, {"input": faces})[0]
 
     serving = root / "serving"
-    env = quiet_env(MLFLOW_TRACKING_URI=uri, FACEFORGE_SERVING_REPOSITORY=str(serving),
-                    PREFECT_HOME=str(root / "prefect-home"))
-    env.pop("PREFECT_API_URL", None)
-    watcher = ServerProcess("faceforge serve-flows", [str(Path(sys.executable).parent / "faceforge"), "serve-flows",
-                                                      "--backend", "python", "--params", "params.yaml",
-                                                      "--port", str(free_port())],
-                            env, root / "serve-flows.log", lambda: True, cwd=root)
+    watcher = serve_flows(root, uri, serving)
     client = mlflow.MlflowClient()
     samples = []
     with watcher:

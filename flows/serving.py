@@ -92,8 +92,10 @@ def champion_version(client: Any, params: Params) -> Any | None:
 
 
 def _refusal(version: Any, force: bool, reason: str | None) -> str | None:
+    """Why this version may not be served, or None. A forced promotion is recorded on the version, so the
+    watcher then serves it to the other repositories too instead of refusing it there."""
     status = version.tags.get("gate.status", "missing")
-    if status == "pass" or (force and reason):
+    if status == "pass" or (force and reason) or version.tags.get("promote.forced") == "true":
         return None
     return (f"version {version.version} did not pass the gate (gate.status={status}: "
             f"{version.tags.get('gate.reasons') or 'no verdict recorded'})")

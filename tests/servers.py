@@ -61,3 +61,16 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s:
             return value
         time.sleep(every_s)
     raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
+
+
+def serve_flows(workspace: Path, tracking_uri: str, serving: Path) -> ServerProcess:
+    """``faceforge serve-flows`` on one machine (its own local Prefect server), serving approved models to the
+    ``serving`` folder with the python backend the bundled Triton loads."""
+    from components.serving.triton_server import free_port
+
+    env = quiet_env(MLFLOW_TRACKING_URI=tracking_uri, FACEFORGE_SERVING_REPOSITORY=str(serving),
+                    PREFECT_HOME=str(workspace / "prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+    return ServerProcess("faceforge serve-flows", [str(BIN / "faceforge"), "serve-flows", "--backend", "python",
+                                                   "--params", "params.yaml", "--port", str(free_port())],
+                         env, workspace / "serve-flows.log", lambda: True, cwd=workspace)

@@ -131,6 +131,9 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
     forced = serve_champion(registry, [local], force=True, reason="hotfix for a demo")
     assert forced["forced"] and forced["repositories"][0]["repository_version"] == 3
     assert mlflow.MlflowClient().get_model_version(NAME, v3).tags["promote.reason"] == "hotfix for a demo"
+    # The forced approval is on the version: the watcher brings the other repository along, not a refusal.
+    watched = serve_champion(registry, repositories, require_champion=False)["repositories"]
+    assert {r["repository"]: r["action"] for r in watched} == {local: "already_served", remote: "published"}
 
     # rollback (CLI) serves the version before and moves the champion with it, so the watcher agrees.
     back = rollback_serving(registry, repository=local)
@@ -203,24 +206,13 @@ def test_concurrent_publishers_never_share_a_version_number(tmp_path: Path, s3: 
 def test_serve_flows_serves_a_moved_champion_by_itself(registry: Params, tmp_path: Path) -> None:
     """One machine, no Prefect server configured: `faceforge serve-flows` starts its own and runs the watcher; a
     person moves the alias and the serving folder follows, with nobody typing `promote`."""
-    import sys
-
-    from flows.server_process import ServerProcess
-    from tests.servers import quiet_env, wait_for
+    from tests.servers import serve_flows, wait_for
 
     v1 = _register(registry, _onnx(tmp_path / "a.onnx", 1.0), passed=True)
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace(
         "approval_poll_s: 30", "approval_poll_s: 10"))
     serving = tmp_path / "serving"
-    env = quiet_env(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), FACEFORGE_SERVING_REPOSITORY=str(serving),
-                    PREFECT_HOME=str(tmp_path / "prefect-home"))
-    env.pop("PREFECT_API_URL", None)
-    from components.serving.triton_server import free_port
-
-    watcher = ServerProcess("faceforge serve-flows", [str(Path(sys.executable).parent / "faceforge"), "serve-flows",
-                                                      "--backend", "python", "--params", "params.yaml",
-                                                      "--port", str(free_port())],
-                            env, tmp_path / "serve-flows.log", lambda: True, cwd=tmp_path)
+    watcher = serve_flows(tmp_path, mlflow.get_tracking_uri(), serving)
     with watcher:
         _approve(v1)
         try:

@@ -14,6 +14,8 @@ Triton answers with version 1 again, without anything re-uploaded. ``faceforge l
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -111,7 +113,11 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     s3_port, mlflow_port, prefect_port = free_port(), free_port(), free_port()
     s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
               "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in s3_env}
+    import mlflow
+
+    # This process talks to the servers too (MLflow's module-level URIs also land in os.environ): restored after.
+    saved = {k: os.environ.get(k) for k in [*s3_env, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]}
+    saved_uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     os.environ.update(s3_env)  # this process reads the repository and runs Triton against the same S3
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     moto.start()
@@ -145,6 +151,8 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         for server in reversed(list(servers.values())):
             server.stop()
         moto.stop()
+        mlflow.set_tracking_uri(saved_uris[0])
+        mlflow.set_registry_uri(saved_uris[1])
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -298,7 +306,8 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         assert "ijbc.tar_at_far_1e-1" in json.loads(diff.stdout)["reports/eval.json"]
         diff = subprocess.run([sys.executable, "-m", "dvc", "params", "diff", "--json", v1.tags["dvc_commit"],
                                v2.tags["dvc_commit"]], cwd=project, capture_output=True, text=True, check=True)
-        assert json.loads(diff.stdout)["params.yaml"]["train.lr"] == {"old": 1e-06, "new": 0.05}
+        lr = json.loads(diff.stdout)["params.yaml"]["train.lr"]
+        assert (lr["old"], lr["new"]) == (1e-06, 0.05)
         assert v2.tags["prefect.flow_run_id"] == second_run["id"] and v2.tags["model_sha256"] != v1.tags[
             "model_sha256"]
 
@@ -328,3 +337,27 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     assert record["served"] == [{"repository": REPOSITORY, "repository_version": 1, "served_now": True,
                                  "sha256": v1.tags["model_sha256"]}]
     assert record["approval"]["last_served"]["served_versions"] == {REPOSITORY: 1}
+
+    # 6. Experiments on the team's checkout at the last run's commit: one in the workspace, one queued; each sees
+    #    its own params and writes its own metrics (quantize reruns alone: it is all a calibration size changes).
+    _experiments(project, v2.tags["dvc_commit"], stack["env"])
+
+
+def _experiments(project: Path, commit: str, env: dict[str, str]) -> None:
+    def dvc(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        return done.stdout
+
+    subprocess.run(["git", "checkout", "-q", "-f", commit], cwd=project, check=True)
+    dvc("exp", "run", "-S", "quantize.calibration_faces=8", "--name", "calib8")
+    dvc("exp", "run", "--queue", "-S", "quantize.calibration_faces=12", "--name", "calib12")
+    dvc("queue", "start", "--jobs", "1")
+    wait_for(lambda: "calib12" in dvc("exp", "show", "--csv") and "Running" not in dvc("queue", "status")
+             and "Queued" not in dvc("queue", "status"), 600, "the queued experiment", 5)
+    rows = {r["Experiment"]: r for r in csv.DictReader(io.StringIO(dvc("exp", "show", "--csv")))}
+    cosine = next(c for c in rows["calib8"] if c.endswith("embedding_agreement.mean_cosine"))
+    assert (rows["calib8"]["quantize.calibration_faces"], rows["calib12"]["quantize.calibration_faces"]) == ("8",
+                                                                                                             "12")
+    assert rows["calib8"][cosine] and rows["calib12"][cosine]  # each experiment wrote its own metrics

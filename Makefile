@@ -32,6 +32,7 @@ bench: setup
 	$(UV) run --frozen python -m bench.quantize
 	$(UV) run --frozen python -m bench.triton_serving
 	$(UV) run --frozen python -m bench.train_gpu   # measures only where CUDA is present
+	$(UV) run --frozen python -m bench.train_gpu_vs_arcface   # idem; arcface_torch's column with $$ARCFACE_TORCH
 
 lint: setup
 	$(UV) run --frozen ruff check .

@@ -29,11 +29,26 @@ class FolderNotShared(ValueError):
 def connect(address: str | None = None) -> None:
     """Without ``RAY_ADDRESS``: always a fresh local instance (never a cluster a dead ``ray start`` left in
     Ray's address file). With it: fail within seconds, naming the address, when nothing answers there."""
+    address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    # Ray's uv hook would build a second virtualenv for the workers on every run when the driver runs under
+    # `uv run`; the workers use this interpreter's environment on one machine, the cluster image's on a
+    # cluster (whose nodes have no internet to build one): README "Training on a Ray cluster". Ray reads
+    # this when it is imported, hence before the import.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Progress is the loop's own print, once per log_every: plain stdout forwarded once (Ray Train's print
+    # patch would log every line a second time); Ray's own logs only at ERROR (and ray_runner's RunConfig).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not address:
+        # Node preemption is a cloud cluster's event; locally its watcher only logs an error line. Ray Train's
+        # metrics feed a dashboard that a local run does not start, and its health check of the workers
+        # every 2 s takes CPU from the training workers on a small machine (bench/train_e2e.py).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "10")
     import ray
 
     if ray.is_initialized():
         return
-    address = address if address is not None else os.environ.get("RAY_ADDRESS")
     if address and address not in ("auto", "local"):
         host_port = urlparse(address if "://" in address else f"ray://{address}").netloc
         host, _, port = host_port.rpartition(":")
@@ -41,16 +56,10 @@ def connect(address: str | None = None) -> None:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except (OSError, ValueError) as exc:
             raise ClusterUnreachable(f"the Ray cluster at RAY_ADDRESS={address} is unreachable ({exc})") from None
-    # Ray's uv hook would build a second virtualenv for the workers on every run when the driver runs under
-    # `uv run`; the workers use this interpreter's environment on one machine, the cluster image's on a
-    # cluster (whose nodes have no internet to build one): README "Training on a Ray cluster".
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    # Progress is the loop's own print, once per log_every: plain stdout forwarded once (Ray Train's print
-    # patch would log every line a second time); Ray's own logs only at ERROR (and ray_runner's RunConfig).
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if not address:  # node preemption is a cloud cluster's event; locally its watcher only logs an error line
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, logging_level="ERROR")
+    # Every process of the job logs at ERROR: with the dashboard off, Ray Train's PlacementGroupCleaner warns
+    # every few seconds that the State API is unavailable (it watches the run's controller through it).
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, logging_level="ERROR",
+             logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
 
 
 def check_shared(folders: Sequence[str | Path], setting: str) -> None:

@@ -115,6 +115,8 @@ class TrainParams(_Section):
     grad_accumulation: int = Field(1, ge=1)
     grad_clip: float = Field(5.0, ge=0, description="max norm of the backbone's gradient (as arcface_torch); 0 = off")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    channels_last: bool = Field(False, description="NHWC backbone and images (faster on tensor-core GPUs)")
+    compile: bool = Field(False, description="torch.compile the backbone (first steps pay the compilation)")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     loader_workers: int = Field(1, ge=0, json_schema_extra=RUNTIME)
@@ -134,6 +136,13 @@ class TrainParams(_Section):
                                    description="keep a finished run's checkpoints under storage_path")
     bn_recalibration_samples: int = Field(2048, ge=0, description="re-estimate BatchNorm stats on this many faces")
     out_dir: Path = Path("data/train")
+
+    @model_validator(mode="after")
+    def _sampled_head_needs_sgd(self) -> TrainParams:
+        if self.optimizer == "adamw" and self.sample_rate < 1:
+            raise ValueError(f"optimizer adamw needs sample_rate 1 (got {self.sample_rate}): only SGD updates "
+                             "the unsampled class centres exactly at the sampled cost (README \"Training\")")
+        return self
 
 
 Rate = Annotated[float, Field(gt=0, lt=1)]

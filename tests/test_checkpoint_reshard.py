@@ -1,4 +1,5 @@
-"""Checkpoints re-shard class centres and their optimiser state across worker counts: 2->1, 1->2, 2->3."""
+"""Checkpoints re-shard class centres and their optimiser state across worker counts: 2->1, 1->2, 2->3
+(the last with a sampled head, whose lazily updated rows a checkpoint holds materialised)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _train(rank: int, world: int, init_file: str, cfg: TrainConfig, root: str) -
 def _load(rank: int, world: int, init_file: str, cfg: TrainConfig, checkpoint: str, out: str) -> None:
     _init(rank, world, init_file)
     backbone = get_model(cfg.backbone, cfg.embedding_size)
-    head = PartialFC(ArcFace(), cfg.embedding_size, CLASSES)
+    head = PartialFC(ArcFace(), cfg.embedding_size, CLASSES, cfg.sample_rate)
     optimizer = build_optimizer(backbone, head, cfg)
     step, _ = load_checkpoint(Path(checkpoint), backbone, head, optimizer, build_scheduler(optimizer, cfg, 10))
     momentum = optimizer.state[head.weight]["momentum_buffer"]
@@ -61,10 +62,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_faces(tmp_path_factory.mktemp("faces") / "packed", classes=CLASSES, per_class=6)
 
 
-@pytest.mark.parametrize(("trained_on", "resumed_on"), [(2, 1), (1, 2), (2, 3)])
-def test_resume_on_a_different_worker_count(tmp_path: Path, data: Path, trained_on: int, resumed_on: int) -> None:
+@pytest.mark.parametrize(("trained_on", "resumed_on", "rate"), [(2, 1, 1.0), (1, 2, 1.0), (2, 3, 0.5)])
+def test_resume_on_a_different_worker_count(tmp_path: Path, data: Path, trained_on: int, resumed_on: int,
+                                            rate: float) -> None:
     cfg = TrainConfig(data_dir=str(data), out_dir=str(tmp_path), backbone="mbf", embedding_size=32,
-                      batch_size=4, max_steps=2, checkpoint_every=2, loader_workers=0, lr=0.05)
+                      batch_size=4, max_steps=2, checkpoint_every=2, loader_workers=0, lr=0.05, sample_rate=rate)
     mp.spawn(_train, args=(trained_on, str(tmp_path / "init_a"), cfg, str(tmp_path / "ckpt")), nprocs=trained_on)
     checkpoint = tmp_path / "ckpt" / "checkpoint_00000002"
     saved_weight, saved_momentum = _full(checkpoint, "head_rank", trained_on)

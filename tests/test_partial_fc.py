@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.functional import cross_entropy, linear, normalize
 
-from components.heads import ArcFace, CombinedMarginLoss, CosFace, CurricularFace, PartialFC, shard_range
+from components.heads import ArcFace, CombinedMarginLoss, CosFace, CurricularFace, PartialFC, partial_fc, shard_range
 from components.heads.partial_fc import init_centres
 
 C, D, LOCAL_BATCH, WORLD = 11, 8, 4, 2  # 11 classes: the two shards differ in size (6 and 5)
@@ -155,3 +155,14 @@ def test_curricularface_reweights_hard_negatives() -> None:
     assert out[0, 0].item() == pytest.approx(target, rel=1e-9)
     assert out[0, 1].item() == pytest.approx(0.55 * (t + 0.55), rel=1e-9)
     assert out[0, 2].item() == pytest.approx(0.1, rel=1e-9)
+
+
+def test_cosine_to_centres_gradient_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The closed-form backward (no normalised copy of the centres) against numerical differentiation,
+    with blocks smaller than the centres so that the blocked accumulation is exercised."""
+    monkeypatch.setattr(partial_fc, "CENTRE_BLOCK", 3)
+    gen = torch.Generator().manual_seed(0)
+    unit = normalize(torch.randn(5, D, generator=gen, dtype=torch.float64)).requires_grad_()
+    weight = torch.randn(C, D, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(partial_fc.cosine_to_centres, (unit, weight))
+    torch.testing.assert_close(partial_fc.cosine_to_centres(unit, weight), linear(unit, normalize(weight)))

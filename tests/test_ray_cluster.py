@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from ray._common.utils import get_ray_address_file
 
 from components.serving.triton_server import free_port
 from flows.server_process import ServerProcess
@@ -76,6 +77,11 @@ def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_p
     third = _node("ray-node-3", [f"--address={address}"], env, logs, lambda: _alive_nodes(address, env) >= 2)
     faceforge = [str(Path(sys.executable).parent / "faceforge"), "train", *TRAIN]
     driver_env = env | {"RAY_ADDRESS": address}
+    # `ray start --head` records its address in Ray's address file, which `ray stop` would remove; the nodes are
+    # stopped by their ids instead, so the file is restored here, or later local runs' Ray Train actors would
+    # look for this dead cluster (a State API timeout traceback from Ray Train's PlacementGroupCleaner).
+    address_file = Path(get_ray_address_file(None))
+    previous = address_file.read_bytes() if address_file.exists() else None
     try:
         head.start()
         second.start()
@@ -107,6 +113,10 @@ def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_p
     finally:
         for node in (third, second, head):
             node.stop()
+        if previous is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_bytes(previous)
     assert "resuming training run train-" in resumed.stdout and "from its checkpoint at step" in resumed.stdout
     assert '"resumed_from_step": ' in resumed.stdout
     recovered = torch.load(tmp_path / "data" / "train" / "backbone.pth")
@@ -126,3 +136,15 @@ def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path: Path) -> None
     assert done.returncode == 75, done.stderr
     # (a TCP check bounded by ray_runner.CONNECT_TIMEOUT_S, not Ray's own minutes of reconnect attempts)
     assert f"the Ray cluster at RAY_ADDRESS={address} is unreachable" in done.stderr
+
+
+def test_local_ray_runs_in_this_environment_without_the_uv_hook() -> None:
+    """Under `uv run` (make demo, make test) Ray's uv hook would build a second virtualenv for the workers on
+    every run; Ray reads its switch when imported, so ``connect`` sets it before importing Ray."""
+    code = ("from components.ray_cluster import connect; connect(); "
+            "from ray._private import ray_constants; print(ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV)")
+    env = {k: v for k, v in quiet_env().items() if k not in ("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -10,6 +10,10 @@ Worker ``r`` owns a contiguous slice of the class centres (``class_start``, ``nu
 ``weight``) and their optimiser state, so head memory per worker is proportional to C/W. Embeddings and
 labels are all-gathered, logits are computed against the local shard only, and the softmax is
 normalised across workers with an all-reduce of the row maxima and of the exponential sums.
+
+At sample rate < 1 the sampled rows are read with a *row-sparse* gradient (``SampledRows``), so the backward
+pass and an optimiser that understands it (``components/training/lazy_sgd.LazySGD``) cost O(rate x C) rather
+than O(C). ``row_reader``, set by that optimiser, returns the sampled rows brought up to date.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.functional import linear, normalize
 
 from components.heads.dist import (
@@ -27,8 +32,10 @@ from components.heads.dist import (
     check_equal_batches,
     rank_and_world,
 )
+from components.heads.margins import CombinedMarginLoss
 
 INIT_BLOCK = 1 << 16  # classes per deterministic init block: the init does not depend on the worker count
+CENTRE_BLOCK = 1 << 16  # centres per block of the cosine backward: bounds its temporaries
 
 
 def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -49,34 +56,114 @@ def init_centres(start: int, count: int, embedding_size: int, seed: int) -> torc
     return out
 
 
-class DistSoftmaxCrossEntropy(torch.autograd.Function):
-    """Cross-entropy over logits split by columns across workers; returns the global-batch mean.
+class SampledRows(torch.autograd.Function):
+    """``weight[index]`` given as ``rows`` (read by the caller, e.g. brought up to date by a lazy optimiser),
+    whose gradient reaches ``weight`` as a row-sparse tensor (sorted unique ``index``: coalesced)."""
 
-    Written as one autograd function so the backward is the closed form ``(softmax - onehot) / N``
-    on the local shard, without keeping the intermediate exp/normalise graph of a huge matrix.
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(index)
+        ctx.shape = weight.shape
+        return rows
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        (index,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(index.unsqueeze(0), grad, ctx.shape, is_coalesced=True,
+                                         check_invariants=False)
+        return sparse, None, None
+
+
+class CosineToCentres(torch.autograd.Function):
+    """``cos(e_i, w_j) = (e_i . w_j) / |w_j|`` for unit embeddings ``e`` and the raw centres ``w``.
+
+    ``linear(e, normalize(w))`` keeps a normalised copy of every centre for the backward and builds two more
+    of that size in it: at 1M classes, gigabytes per worker. Here the forward keeps only ``1/|w_j|`` and the
+    backward is the closed form ``dL/dw_j = (M_j - (w_j . M_j) w_j / |w_j|^2) / |w_j|`` with ``M = G^T e``
+    (whose buffer becomes the gradient; blocks of centres bound the temporaries), and ``dL/de = (G / |w|) w``.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        logits = logits.detach()
-        row_max = all_reduce(logits.max(dim=1, keepdim=True).values, torch.distributed.ReduceOp.MAX)
-        prob = (logits - row_max).exp_()
-        sum_exp = all_reduce(prob.sum(dim=1, keepdim=True))
-        prob.div_(sum_exp)
-        rows = torch.nonzero(labels != -1, as_tuple=True)[0]
-        target = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        target[rows] = logits[rows, labels[rows]]
-        all_reduce(target)
-        ctx.save_for_backward(prob, rows, labels[rows])
-        # log-sum-exp form: exact even where the target's probability underflows
-        return (sum_exp.squeeze(1).log() + row_max.squeeze(1) - target).mean()
+    def forward(ctx, unit_embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        unit_embeddings, weight = unit_embeddings.detach(), weight.detach()
+        inv_norm = torch.linalg.vector_norm(weight, dim=1).clamp_min_(1e-12).reciprocal_()
+        ctx.save_for_backward(unit_embeddings, weight, inv_norm)
+        return linear(unit_embeddings, weight).mul_(inv_norm)
 
     @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        unit, weight, inv_norm = ctx.saved_tensors
+        grad_weight = grad.t().mm(unit) if ctx.needs_input_grad[1] else None
+        for lo in range(0, weight.shape[0], CENTRE_BLOCK):
+            block = slice(lo, lo + CENTRE_BLOCK)
+            if grad_weight is not None:
+                inv, m = inv_norm[block, None], grad_weight[block]
+                radial = torch.linalg.vecdot(weight[block], m).unsqueeze(1) * inv.pow(3)
+                m.mul_(inv).addcmul_(weight[block], radial, value=-1.0)
+        grad_unit = None
+        if ctx.needs_input_grad[0]:
+            # the incoming gradient is logits-sized and used by nothing after this function: scaled in place
+            grad_unit = grad.mul_(inv_norm).mm(weight)
+        return grad_unit, grad_weight
+
+
+def cosine_to_centres(unit_embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return CosineToCentres.apply(unit_embeddings, weight)
+
+
+class DistSoftmaxCrossEntropy(torch.autograd.Function):
+    """Cross-entropy over logits split by columns across workers; returns the global-batch mean.
+
+    The logits are ``scale * scores`` except at the target entries ``(rows, cols)``, which are
+    ``scale * target_fn(score)`` (``target_fn`` None: unchanged). A margin that only changes the target
+    (ArcFace, CosFace, combined) thus passes the raw cosines as ``scores``, and the logits exist once: built
+    in one buffer, turned into the softmax in place, and into the gradient in place in the backward, the
+    closed form ``(softmax - onehot) / N``, with the margin's own derivative on the target entries (from a
+    small autograd graph of those N values). Nothing else of logits size is allocated (README "Training").
+    """
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, scale: float,  # noqa: ANN001
+                target_fn: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        score_at_target = scores.detach()[rows, cols]
+        ctx.target_graph = None
+        if target_fn is None:
+            target = score_at_target * scale
+        else:
+            with torch.enable_grad():
+                leaf = score_at_target.requires_grad_()
+                ctx.target_graph = (leaf, target_fn(leaf) * scale)
+            target = ctx.target_graph[1].detach()
+        prob = scores.detach() * scale
+        prob[rows, cols] = target
+        row_max = all_reduce(prob.max(dim=1, keepdim=True).values, torch.distributed.ReduceOp.MAX)
+        prob.sub_(row_max).exp_()
+        sum_exp = all_reduce(prob.sum(dim=1, keepdim=True))
+        prob.div_(sum_exp)
+        row_target = torch.zeros(prob.shape[0], dtype=prob.dtype, device=prob.device)
+        row_target[rows] = target
+        all_reduce(row_target)
+        ctx.save_for_backward(prob, rows, cols)
+        ctx.scale = scale
+        # log-sum-exp form: exact even where the target's probability underflows
+        return (sum_exp.squeeze(1).log() + row_max.squeeze(1) - row_target).mean()
+
+    @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):  # noqa: ANN001, ANN205
         prob, rows, cols = ctx.saved_tensors
-        grad = prob.clone()
-        grad[rows, cols] -= 1.0
-        return grad.mul_(grad_loss / prob.shape[0]), None
+        factor = grad_loss / prob.shape[0]
+        grad_target = (prob[rows, cols] - 1.0) * factor  # d loss / d target logit
+        grad_scores = prob.mul_(factor * ctx.scale)  # the softmax buffer becomes the gradient
+        if ctx.target_graph is None:
+            grad_scores[rows, cols] = grad_target * ctx.scale
+        else:
+            leaf, target = ctx.target_graph
+            grad_scores[rows, cols] = torch.autograd.grad(target, leaf, grad_target)[0]
+            ctx.target_graph = None
+        return grad_scores, None, None, None, None
 
 
 class PartialFC(nn.Module):
@@ -95,6 +182,8 @@ class PartialFC(nn.Module):
         self.weight = nn.Parameter(init_centres(self.class_start, self.num_local, embedding_size, seed))
         self._sampler = torch.Generator().manual_seed(seed * 7919 + self.rank)
         self.last_index: torch.Tensor | None = None  # classes used in the last step (local indices)
+        # the current values of the sampled rows; a lazy optimiser's brings them up to date first
+        self.row_reader: Callable[[torch.Tensor], torch.Tensor] = lambda index: self.weight.detach()[index]
 
     def sample(self, local_labels: torch.Tensor) -> torch.Tensor:
         """Keep every positive class of the global batch, fill up with random negatives to ``num_sample``.
@@ -132,8 +221,14 @@ class PartialFC(nn.Module):
         weight = self.weight
         if self.sample_rate < 1:
             self.last_index = self.sample(local)
-            weight = self.weight[self.last_index]
+            weight = SampledRows.apply(self.weight, self.last_index, self.row_reader(self.last_index))
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            cosine = linear(normalize(embeddings), normalize(weight.to(dtype))).clamp(-1, 1)
-            logits = self.margin_softmax(cosine, local)
-            return DistSoftmaxCrossEntropy.apply(logits, local)
+            cosine = cosine_to_centres(normalize(embeddings), weight.to(dtype))
+            rows = torch.nonzero(local != -1, as_tuple=True)[0]
+            cols = local[rows]
+            if isinstance(self.margin_softmax, CombinedMarginLoss):  # only the target changes: no logits copy
+                margin = self.margin_softmax
+                return DistSoftmaxCrossEntropy.apply(cosine, rows, cols, margin.s,
+                                                     lambda cos: margin.target(cos.clamp(-1, 1)))
+            logits = self.margin_softmax(cosine.clamp(-1, 1), local)
+            return DistSoftmaxCrossEntropy.apply(logits, rows, cols, 1.0, None)

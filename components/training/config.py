@@ -30,6 +30,8 @@ class TrainConfig:
     grad_accumulation: int = 1
     grad_clip: float = 5.0  # 0 = off; the backbone's gradient norm (components/training/loop.optimiser_step)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    channels_last: bool = False  # NHWC backbone and images: faster convolutions on tensor-core GPUs
+    compile: bool = False  # torch.compile the backbone (in place: checkpoint keys unchanged)
     num_workers: int = 2
     use_gpu: bool = False
     loader_workers: int = 1

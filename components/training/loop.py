@@ -66,7 +66,7 @@ def check_inputs(cfg: TrainConfig, dataset: FaceRecordDataset, world_size: int) 
     return num_classes
 
 
-def _margin(cfg: TrainConfig) -> nn.Module:
+def build_margin(cfg: TrainConfig) -> nn.Module:
     if cfg.margin == "curricular":
         return CurricularFace(cfg.s, cfg.m2)
     return CombinedMarginLoss(cfg.s, cfg.m1, cfg.m2, cfg.m3)
@@ -90,6 +90,31 @@ def _batches(dataset: FaceRecordDataset, cfg: TrainConfig, session: Session, epo
                       num_workers=cfg.loader_workers, drop_last=True, pin_memory=session.device.type == "cuda")
 
 
+def build_backbone(cfg: TrainConfig) -> nn.Module:
+    """The backbone as this run trains it: NHWC when ``channels_last``, compiled in place when ``compile``
+    (``Module.compile`` keeps the state-dict keys, so checkpoints and export read it as usual)."""
+    model = get_model(cfg.backbone, cfg.embedding_size)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()
+    return model
+
+
+def forward_backward(backbone: nn.Module, head: PartialFC, scaler: torch.amp.GradScaler, cfg: TrainConfig,
+                     images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+    """One micro-batch: forward (autocast per ``precision``), loss / ``grad_accumulation``, scaled backward.
+    Returns the loss; reading it waits for the GPU, as the loop needs it for the non-finite guard anyway."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    labels = labels.to(device, non_blocking=True)
+    with _autocast(cfg, device):
+        embeddings = backbone(images)
+    loss = head(embeddings, labels) / cfg.grad_accumulation
+    scaler.scale(loss).backward()
+    return float(loss.detach())
+
+
 def optimiser_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, backbone: nn.Module,
                    grad_clip: float) -> None:
     """Clip, step, zero. The clip is over the **backbone's** gradient norm only, as arcface_torch clips
@@ -111,8 +136,8 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     steps_per_epoch = len(dataset) // (cfg.batch_size * session.world_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
 
-    backbone = session.wrap_model(get_model(cfg.backbone, cfg.embedding_size))
-    head = PartialFC(_margin(cfg), cfg.embedding_size, num_classes, cfg.sample_rate, seed=cfg.seed)
+    backbone = session.wrap_model(build_backbone(cfg))
+    head = PartialFC(build_margin(cfg), cfg.embedding_size, num_classes, cfg.sample_rate, seed=cfg.seed)
     head.to(session.device)
     optimizer = build_optimizer(backbone, head, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -133,13 +158,7 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
                 break
             loss_sum = 0.0
             for _ in range(cfg.grad_accumulation):
-                images, labels = next(micro_batches)
-                images, labels = images.to(session.device), labels.to(session.device)
-                with _autocast(cfg, session.device):
-                    embeddings = backbone(images)
-                loss = head(embeddings, labels) / cfg.grad_accumulation
-                scaler.scale(loss).backward()
-                loss_sum += float(loss.detach())
+                loss_sum += forward_backward(backbone, head, scaler, cfg, *next(micro_batches), session.device)
             if not math.isfinite(loss_sum):
                 # The loss is global, so every worker skips the same step and stays in lock-step.
                 optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ stopped by its own process id (flows/server_process.py), never by name.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -74,3 +75,18 @@ def serve_flows(workspace: Path, tracking_uri: str, serving: Path) -> ServerProc
     return ServerProcess("faceforge serve-flows", [str(BIN / "faceforge"), "serve-flows", "--backend", "python",
                                                    "--params", "params.yaml", "--port", str(free_port())],
                          env, workspace / "serve-flows.log", lambda: True, cwd=workspace)
+
+
+def ray_node(name: str, command: list[str], env: dict[str, str], logs: Path, ready: Callable[[], Any],
+             cpus: int = 1) -> ServerProcess:
+    """One raylet of a loopback cluster (``ray start --block``), stopped by its own process id, not ``ray stop``."""
+    return ServerProcess(name, [str(BIN / "ray"), "start", "--block", f"--num-cpus={cpus}",
+                                "--node-ip-address=127.0.0.1", "--disable-usage-stats", *command],
+                         env, logs / f"{name}.log", ready)
+
+
+def alive_ray_nodes(address: str, env: dict[str, str]) -> int:
+    probe = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0

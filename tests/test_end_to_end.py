@@ -56,7 +56,10 @@ SMALL: dict[str, Any] = {
     "quantize": {"calibration_faces": 16, "method": "minmax", "far": 1.0e-1, "max_accuracy_drop": 0.2,
                  "max_tar_drop": 0.5},
     "publish": {"backend": "python", "validation_faces": 4},  # the bundled Triton has the python backend
+    # The sample's 40-pair holdout moves in steps of 0.025 and a 6-step model's accuracy is noise around 0.5:
+    # this test checks the loop, so a regression must be larger than that noise to stop version 2.
     "gate": {"metric": "ijbc.tar_at_far_1e-1", "tracked": ["verification.orl_holdout.accuracy"],
+             "max_regression": 0.1,
              "floors": {"ijbc.tar_at_far_1e-1": 0.0, "verification.orl_holdout.accuracy": 0.0}},
     # The MLflow server is down for a while in step 4: retry its step for up to 6 x 15 s.
     "orchestration": {"retry_delay_s": 15, "mlflow_retries": 6, "approval_poll_s": POLL_S},

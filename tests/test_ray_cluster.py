@@ -22,8 +22,7 @@ import torch
 from ray._common.utils import get_ray_address_file
 
 from components.serving.triton_server import free_port
-from flows.server_process import ServerProcess
-from tests.servers import quiet_env, wait_for
+from tests.servers import alive_ray_nodes, quiet_env, ray_node, wait_for
 from tests.training_data import write_tiny_faces
 
 REPO = Path(__file__).parents[1]
@@ -32,19 +31,6 @@ TRAIN = ["--set", "train.num_workers=2", "--set", "train.max_steps=10", "--set",
          "--set", "train.embedding_size=32", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
          "--set", "train.sample_rate=0.5", "--set", "train.bn_recalibration_samples=8", "--set", "train.max_failures=3",
          "--set", "train.loader_workers=0", "--set", f"train.storage_path={STORAGE}"]
-
-
-def _alive_nodes(address: str, env: dict[str, str]) -> int:
-    probe = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))")
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
-
-
-def _node(name: str, command: list[str], env: dict[str, str], logs: Path, ready: Any) -> ServerProcess:
-    ray = str(Path(sys.executable).parent / "ray")
-    return ServerProcess(name, [ray, "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                                "--disable-usage-stats", *command], env, logs / f"{name}.log", ready)
 
 
 def _latest_step(s3: Any) -> int:
@@ -71,10 +57,10 @@ def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_p
     env = quiet_env(**s3_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
     logs = tmp_path / "logs"
-    head = _node("ray-head", ["--head", f"--port={port}", "--include-dashboard=false"], env, logs,
-                 lambda: _alive_nodes(address, env) >= 1)
-    second = _node("ray-node-2", [f"--address={address}"], env, logs, lambda: _alive_nodes(address, env) >= 2)
-    third = _node("ray-node-3", [f"--address={address}"], env, logs, lambda: _alive_nodes(address, env) >= 2)
+    head = ray_node("ray-head", ["--head", f"--port={port}", "--include-dashboard=false"], env, logs,
+                    lambda: alive_ray_nodes(address, env) >= 1)
+    second = ray_node("ray-node-2", [f"--address={address}"], env, logs, lambda: alive_ray_nodes(address, env) >= 2)
+    third = ray_node("ray-node-3", [f"--address={address}"], env, logs, lambda: alive_ray_nodes(address, env) >= 2)
     faceforge = [str(Path(sys.executable).parent / "faceforge"), "train", *TRAIN]
     driver_env = env | {"RAY_ADDRESS": address}
     # `ray start --head` records its address in Ray's address file, which `ray stop` would remove; the nodes are
@@ -99,7 +85,7 @@ def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_p
                                    start_new_session=True)
         wait_for(lambda: _latest_step(s3) >= 2, 300, "the first checkpoint on S3", 0.5)
         second.kill()
-        wait_for(lambda: _alive_nodes(address, env) == 1, 120, "the cluster noticing the lost node", 2)
+        wait_for(lambda: alive_ray_nodes(address, env) == 1, 120, "the cluster noticing the lost node", 2)
         third.start()
         # ... the workers restart from that checkpoint and go on; then the driver dies as well.
         wait_for(lambda: _latest_step(s3) >= 6, 300, "a checkpoint after the recovery", 0.5)

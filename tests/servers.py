@@ -8,6 +8,8 @@ stopped by its own process id (flows/server_process.py), never by name.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -72,9 +74,35 @@ def serve_flows(workspace: Path, tracking_uri: str, serving: Path) -> ServerProc
     env = quiet_env(MLFLOW_TRACKING_URI=tracking_uri, FACEFORGE_SERVING_REPOSITORY=str(serving),
                     PREFECT_HOME=str(workspace / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
-    return ServerProcess("faceforge serve-flows", [str(BIN / "faceforge"), "serve-flows", "--backend", "python",
-                                                   "--params", "params.yaml", "--port", str(free_port())],
-                         env, workspace / "serve-flows.log", lambda: True, cwd=workspace)
+    return ServeFlows("faceforge serve-flows", [str(BIN / "faceforge"), "serve-flows", "--backend", "python",
+                                                "--params", "params.yaml", "--port", str(free_port())],
+                      env, workspace / "serve-flows.log", lambda: True, cwd=workspace)
+
+
+class ServeFlows(ServerProcess):
+    """``faceforge serve-flows``, stopped with the Prefect server it started. That server runs in a session of
+    its own, which the SIGTERM to serve-flows' group does not reach, and Prefect's runner, shutting down on
+    SIGTERM, does not return before the group is killed: the server is stopped here by the pid serve-flows
+    printed."""
+
+    def stop(self) -> None:
+        super().stop()
+        announced = re.search(r"Prefect server \(pid (\d+)\)", self.tail(1_000_000))
+        if announced is None:
+            return
+        pid = int(announced.group(1))
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.5)
 
 
 def ray_node(name: str, command: list[str], env: dict[str, str], logs: Path, ready: Callable[[], Any],

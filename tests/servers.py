@@ -115,6 +115,8 @@ def ray_node(name: str, command: list[str], env: dict[str, str], logs: Path, rea
 
 def alive_ray_nodes(address: str, env: dict[str, str]) -> int:
     probe = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))")
+             "print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))")
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+    # Ray may print its own lines too (a lagging-heartbeat warning on a busy machine): read the marked one
+    counts = re.findall(r"^alive nodes: (\d+)$", done.stdout, re.MULTILINE) if done.returncode == 0 else []
+    return int(counts[-1]) if counts else 0

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+MATERIALISE_BLOCK = 1 << 16  # rows brought up to date at a time by materialise (two 128 MB copies at d=512)
+
 
 class LazySGD(torch.optim.SGD):
     """``torch.optim.SGD`` (no Nesterov, no dampening) that applies row-sparse gradients lazily, as above.
@@ -102,8 +104,10 @@ class LazySGD(torch.optim.SGD):
     def materialise(self) -> None:
         """Every lazy row up to date: the exact dense state (for checkpoints and the final weights)."""
         for param in list(self._lrs):
-            rows = torch.arange(param.shape[0], device=param.device)
-            self._write(param, rows, *self._current(param, rows))
+            state = self.state[param]
+            stale = torch.nonzero(state["last_step"] < state["step"]).squeeze(1)
+            for rows in stale.split(MATERIALISE_BLOCK):  # bounded copies: not a second weight and momentum
+                self._write(param, rows, *self._current(param, rows))
             self._lrs[param].clear()
             self._read.pop(param, None)
 

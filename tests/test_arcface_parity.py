@@ -118,14 +118,14 @@ def test_arcface_gradient_differs_only_on_the_target_entries(monkeypatch: pytest
             def spy(x: torch.Tensor, w: torch.Tensor, seen: list = cosines) -> torch.Tensor:
                 out = real(x, w)
                 out.retain_grad()
-                seen.append(out)
+                seen.append((out.detach().clone(), out))  # a copy: the loss consumes the scores' buffer
                 return out
 
             patch.setattr(partial_fc, "cosine_to_centres", spy)
             backbone, head, _ = _setup("mbf", (1.0, 0.5, 0.0), 1.0)
             images, labels = batch(0)
             head(backbone(images), labels.clone()).backward()
-            grads[variant] = (cosines[0].detach(), cosines[0].grad)
+            grads[variant] = (cosines[0][0], cosines[0][1].grad)
     (cosine, ours), (_, straight) = grads["faceforge"], grads["straight_through"]
     rows, cols = torch.arange(len(labels)), labels
     target = torch.zeros_like(cosine, dtype=torch.bool)

@@ -83,3 +83,14 @@ def test_adamw_below_rate_one_is_refused_with_the_reason() -> None:
     cfg = TrainConfig(data_dir="-", out_dir="-", optimizer="adamw", sample_rate=0.1)
     with pytest.raises(ValueError, match="adamw needs train.sample_rate 1"):
         build_optimizer(get_model("mbf", D), PartialFC(ArcFace(), D, C, sample_rate=0.1), cfg)
+
+
+def test_a_backward_after_the_rows_were_read_again_fails_loudly() -> None:
+    """read_rows reuses its buffers: a graph still holding the previous rows must not use overwritten values."""
+    head = _head(0.1)
+    _lazy(head)
+    gen = torch.Generator().manual_seed(0)
+    first = head(torch.randn(N, D, generator=gen, dtype=torch.float64), torch.randint(0, C, (N,), generator=gen))
+    head(torch.randn(N, D, generator=gen, dtype=torch.float64), torch.randint(0, C, (N,), generator=gen))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()

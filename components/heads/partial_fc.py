@@ -100,7 +100,8 @@ class CosineToCentres(torch.autograd.Function):
             block = slice(lo, lo + CENTRE_BLOCK)
             if grad_weight is not None:
                 inv, m = inv_norm[block, None], grad_weight[block]
-                radial = torch.linalg.vecdot(weight[block], m).unsqueeze(1) * inv.pow(3)
+                # w_j . M_j as a batched product: vecdot would build a block-sized product first
+                radial = torch.bmm(weight[block].unsqueeze(1), m.unsqueeze(2)).squeeze(2) * inv.pow(3)
                 m.mul_(inv).addcmul_(weight[block], radial, value=-1.0)
         grad_unit = None
         if ctx.needs_input_grad[0]:
@@ -119,7 +120,8 @@ class DistSoftmaxCrossEntropy(torch.autograd.Function):
     The logits are ``scale * scores`` except at the target entries ``(rows, cols)``, which are
     ``scale * target_fn(score)`` (``target_fn`` None: unchanged). A margin that only changes the target
     (ArcFace, CosFace, combined) thus passes the raw cosines as ``scores``, and the logits exist once: built
-    in one buffer, turned into the softmax in place, and into the gradient in place in the backward, the
+    in the scores' own buffer (consumed: the caller must not read ``scores`` afterwards), turned into the
+    softmax in place, and into the gradient in place in the backward, the
     closed form ``(softmax - onehot) / N``, with the margin's own derivative on the target entries (from a
     small autograd graph of those N values). Nothing else of logits size is allocated (README "Training").
     """
@@ -136,7 +138,7 @@ class DistSoftmaxCrossEntropy(torch.autograd.Function):
                 leaf = score_at_target.requires_grad_()
                 ctx.target_graph = (leaf, target_fn(leaf) * scale)
             target = ctx.target_graph[1].detach()
-        prob = scores.detach() * scale
+        prob = scores.detach().mul_(scale)  # nothing else keeps the scores: the one logits-sized buffer
         prob[rows, cols] = target
         row_max = all_reduce(prob.max(dim=1, keepdim=True).values, torch.distributed.ReduceOp.MAX)
         prob.sub_(row_max).exp_()

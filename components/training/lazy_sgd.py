@@ -41,6 +41,9 @@ class LazySGD(torch.optim.SGD):
         self._lrs: dict[torch.Tensor, list[float]] = {}  # per lazy parameter: lr of steps since its oldest row
         # per lazy parameter: (rows, their up-to-date values, momentum) from read_rows, not yet written back
         self._read: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # per lazy parameter: the (values, momentum, scratch) buffers read_rows fills, kept from step to step:
+        # on CPU a fresh 100 MB tensor costs more in page faults than the gather that fills it
+        self._buffers: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _lazy_state(self, param: torch.Tensor) -> dict[str, Any]:
         state = self.state[param]
@@ -76,27 +79,42 @@ class LazySGD(torch.optim.SGD):
         coeffs = torch.tensor([products[s] for s in distinct.tolist()], dtype=torch.float64)
         return coeffs.to(device=param.device, dtype=param.dtype)[inverse]
 
-    def _current(self, param: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Copies of ``rows`` of ``param`` and of their momentum, brought to the state after the last step."""
+    def _current(self, param: torch.Tensor, rows: torch.Tensor,
+                 out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of ``rows`` of ``param`` and of their momentum, brought to the state after the last step
+        (into ``out``'s values and momentum buffers when given, its third as scratch)."""
         state = self._lazy_state(param)
-        w, b = param.detach().index_select(0, rows), state["momentum_buffer"].index_select(0, rows)
+        if out is None:
+            out = tuple(param.new_empty(len(rows), *param.shape[1:]) for _ in range(3))
+        w, b, scratch = out
+        torch.index_select(param.detach(), 0, rows, out=w)
+        torch.index_select(state["momentum_buffer"], 0, rows, out=b)
         behind = state["last_step"].index_select(0, rows)
         if bool((behind < int(state["step"])).any()):
             c = self._decay(param, behind)
-            w, b = (w * c[:, 0:1]).addcmul_(b, c[:, 1:2]), b.mul_(c[:, 3:4]).addcmul_(w, c[:, 2:3])
+            torch.mul(w, c[:, 2:3], out=scratch)  # (w, b) <- (c0 w + c1 b, c2 w + c3 b), in place
+            w.mul_(c[:, 0:1]).addcmul_(b, c[:, 1:2])
+            b.mul_(c[:, 3:4]).add_(scratch)
         return w, b
 
     def _write(self, param: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> None:
         state = self.state[param]
-        param.detach().index_copy_(0, rows, w)
-        state["momentum_buffer"].index_copy_(0, rows, b)
+        param.detach().index_put_((rows,), w)  # index_put_ rather than index_copy_: a third faster on CPU
+        state["momentum_buffer"].index_put_((rows,), b)
         state["last_step"].index_fill_(0, rows, int(state["step"]))
 
     @torch.no_grad()
     def read_rows(self, param: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The current values of ``rows`` (sorted, unique) for a forward pass; ``step`` updates these very
-        tensors after the backward when the gradient is for the same rows, so the rows are read once per step."""
-        w, b = self._current(param, rows)
+        tensors after the backward when the gradient is for the same rows, so the rows are read once per step.
+
+        They live in buffers reused by the next call (a backward still pending on the previous call's rows
+        then fails autograd's in-place check rather than use overwritten values)."""
+        buffers = self._buffers.get(param)
+        if buffers is None or buffers[0].shape[0] != len(rows):
+            buffers = self._buffers[param] = tuple(param.new_empty(len(rows), *param.shape[1:]) for _ in range(3))
+        w, b = self._current(param, rows, buffers)
         self._read[param] = (rows, w, b)
         return w
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
-
 ENV = "ARCFACE_TORCH"
 
 
@@ -21,6 +19,8 @@ def make_importable(cpu: bool) -> None:
     """Its modules (``backbones``, ``losses``, ``partial_fc_v2``, ``lr_scheduler``) importable as-is: on the path,
     ``.cuda()`` a no-op for a CPU run of its GPU-only code, and its scheduler's ``verbose`` argument, which
     current torch's LRScheduler no longer takes, accepted and dropped."""
+    import torch
+
     if os.environ[ENV] not in sys.path:
         sys.path.insert(0, os.environ[ENV])
     if cpu:

@@ -77,7 +77,8 @@ for _stage, _summary in [
     ("pack", "Write the kept faces as InsightFace RecordIO (train.rec/.idx/property)."),
     ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
     ("export", "Export the trained backbone to ONNX (dynamic batch, checked, parity-tested)."),
-    ("quantize", "Quantize the ONNX model to INT8 (QDQ) and measure the accuracy it costs."),
+    ("quantize", "Quantize the ONNX model to INT8 (QDQ), measure its accuracy and speed against FP32, and "
+                 "choose the variant to serve."),
     ("publish", "Build the candidate Triton repository and prove it in a real Triton (python-backend copy)."),
 ]:
     _stage_command(_stage, _summary)

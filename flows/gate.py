@@ -9,7 +9,8 @@ Checks (names are stable, they end up in MLflow tags and reports/gate.json):
 - ``primary_metric``: ``gate.metric`` >= champion's + ``gate.min_improvement`` (or >= its floor without one).
 - ``no_regression``: no other tracked metric falls more than ``gate.max_regression`` below the champion's
   (or below its floor).
-- ``int8_accuracy``: the quantize stage passed its accuracy limits.
+- ``int8_accuracy``: the quantize stage gave its verdict, and an INT8 model is served only if it passed its
+  accuracy limits (FP32 may be served whatever INT8 did).
 - ``infra_validation``: a real Triton (the bundled one: python backend) loaded a python-backend copy of the
   candidate ONNX and matched ONNX Runtime; an onnxruntime/TensorRT config is only schema-validated.
 - ``checksums``: the ONNX file on disk is the one exported, quantized and infra-validated.
@@ -145,8 +146,14 @@ def evaluate_gate(config: GateConfig, reports: Path, model_path: Path, champion:
     check("no_regression", not regressions, "; ".join(regressions))
 
     quantize = _read(reports / "quantize.json") or {}
-    check("int8_accuracy", quantize.get("passed") is True,
-          "; ".join(quantize.get("reasons", [])) or "reports/quantize.json is missing or did not pass")
+    actual = sha256_file(model_path) if model_path.is_file() else None
+    quantized = quantize.get("sha256", {})
+    serves_int8 = actual is not None and actual == quantized.get("int8")
+    if "serve" not in quantize:
+        check("int8_accuracy", False, "reports/quantize.json is missing or has no verdict on the variant to serve")
+    else:  # FP32 may be served whatever INT8 did; INT8 only within its accuracy limits
+        check("int8_accuracy", not serves_int8 or quantize.get("passed") is True,
+              "the INT8 model is served but failed its accuracy limits: " + "; ".join(quantize.get("reasons", [])))
 
     publish = _read(reports / "publish.json") or {}
     validation = publish.get("infra_validation", {})
@@ -155,9 +162,7 @@ def evaluate_gate(config: GateConfig, reports: Path, model_path: Path, champion:
     scope = {"infra_validation": _validation_scope(validation)}
 
     export = _read(reports / "export.json") or {}
-    actual = sha256_file(model_path) if model_path.is_file() else None
     exported = export.get("sha256", {})
-    quantized = quantize.get("sha256", {})
     produced = set(exported.values()) | {quantized.get("int8")}  # the served file is the FP32 or the INT8 one
     consistent = (actual is not None and actual in produced
                   and publish.get("lineage", {}).get("model_sha256") == actual  # what Triton validated

@@ -25,7 +25,9 @@ def registry_lineage(client: Any, params: Params, version: Any) -> Lineage:
     tags = version.tags
     return Lineage(model_sha256=tags.get("model_sha256", ""), git_revision=tags.get("git_revision", "unknown"),
                    dvc_data_hash=tags.get("dvc_data_hash", "unknown"), dvc_lock_sha256=tags.get("dvc_lock_sha256"),
-                   dvc_remote=tags.get("dvc_remote"), dvc_commit=tags.get("dvc_commit"), metrics=metrics,
+                   dvc_remote=tags.get("dvc_remote"), dvc_commit=tags.get("dvc_commit"),
+                   served_variant=tags.get("served_variant"), served_variant_reason=tags.get("served_variant_reason"),
+                   metrics=metrics,
                    params={k: v for k, v in run.data.params.items() if k.startswith("train.")},
                    gate_status=tags.get("gate.status"),
                    gate_reasons=tuple(r for r in tags.get("gate.reasons", "").split("; ") if r),
@@ -82,6 +84,8 @@ def render_text(record: dict[str, Any]) -> str:
     lineage, approval = record["lineage"], record["approval"]
     lines = [f"{record['model']} version {record['version']}  aliases: {', '.join(record['aliases']) or '-'}",
              f"  model sha256      {lineage['model_sha256']}",
+             f"  variant           {lineage.get('served_variant') or '-'}"
+             + (f" ({lineage['served_variant_reason']})" if lineage.get("served_variant_reason") else ""),
              f"  git revision      {lineage['git_revision']}",
              f"  training data     DVC md5 {lineage['dvc_data_hash']}",
              f"  dvc.lock          sha256 {lineage['dvc_lock_sha256'] or '-'}",

@@ -90,6 +90,8 @@ def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate
         f"- git revision: `{lineage.git_revision}`",
         f"- training data: `{params.pack.out_dir}` (DVC md5 `{lineage.dvc_data_hash}`)",
         f"- ONNX SHA-256: `{lineage.model_sha256}` (`{params.publish.model}`)",
+        f"- served variant: {lineage.served_variant or 'unknown'}"
+        + (f" ({lineage.served_variant_reason})" if lineage.served_variant_reason else ""),
         f"- backbone `{t.backbone}`, margin `{t.margin}` (s={t.s}, m1={t.m1}, m2={t.m2}, m3={t.m3}), "
         f"Partial FC sample rate {t.sample_rate}, {t.max_steps} steps x {t.batch_size} per worker "
         f"on {t.num_workers} workers, {t.precision}",
@@ -131,7 +133,8 @@ def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dic
                               "dvc_data_hash": lineage.dvc_data_hash, "onnx_file": str(model_path),
                               "prefect.flow_run_id": lineage.prefect_flow_run_id or ""}
     tags |= {k: v for k, v in (("dvc_lock_sha256", lineage.dvc_lock_sha256), ("dvc_remote", lineage.dvc_remote),
-                               ("dvc_commit", lineage.dvc_commit)) if v}
+                               ("dvc_commit", lineage.dvc_commit), ("served_variant", lineage.served_variant),
+                               ("served_variant_reason", lineage.served_variant_reason)) if v}
     existing = _registered_by_this_flow_run(client, name, tags)
     if existing is not None:
         return existing

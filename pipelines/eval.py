@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from components.evaluation.embedders import Embedder, embed_batches, load_embedder
-from components.evaluation.ijbc import IjbcOptions, check_features, embed_ijbc_images, evaluate_ijbc
+from components.evaluation.ijbc import Features, IjbcOptions, evaluate_ijbc
 from components.evaluation.ijbc_meta import read_ijbc_meta
 from components.evaluation.plots import plot_roc, tar_far_markdown, write_roc_csv
 from components.evaluation.roc import roc_points, roc_summary, split_scores
-from components.evaluation.verification import kfold_accuracy, load_bin
 from components.io.atomic import atomic_dir, write_json
+from components.io.npy_rows import NpyRows
 from pipelines.common import timed, write_report
 from pipelines.params import EvalParams, Params
+
+if TYPE_CHECKING:  # torch and OpenCV are imported only where a model embeds images: `--features` runs skip them
+    from components.evaluation.embedders import Embedder
 
 STAGE = "eval"
 Curve = tuple[np.ndarray, np.ndarray]
@@ -38,18 +40,17 @@ def evaluate_ijbc_set(root: Path, target: str, options: IjbcOptions, embedder: E
     meta = read_ijbc_meta(root, target, need_images=features_path is None)
     arrays: dict[str, np.ndarray] = {}
     start = time.perf_counter()
+    features: Features
     if features_path is not None:
-        if not Path(features_path).is_file():
-            raise FileNotFoundError(f"{features_path}: features file not found")
-        features = np.load(features_path, mmap_mode="r", allow_pickle=False)
-        check_features(features, meta, features_path)
+        features, source = NpyRows(features_path), str(features_path)
     else:
+        from components.evaluation.ijbc_images import embed_ijbc_images
+
         assert embedder is not None
-        features = embed_ijbc_images(meta, embedder, options)
-        check_features(features, meta, "model embeddings")
-        arrays["features"] = features
+        features = arrays["features"] = embed_ijbc_images(meta, embedder, options)
+        source = "model embeddings"
     embed_s = time.perf_counter() - start
-    result = evaluate_ijbc(meta, features, options)
+    result = evaluate_ijbc(meta, features, options, source)
     arrays["scores"] = result.scores
     metrics = result.metrics() | {"images": len(meta.images), "templates": len(np.unique(meta.templates)),
                                   "pairs": len(meta.pair_label)}
@@ -60,6 +61,9 @@ def evaluate_ijbc_set(root: Path, target: str, options: IjbcOptions, embedder: E
 
 
 def evaluate_bin_set(path: Path, embedder: Embedder, options: IjbcOptions, folds: int) -> tuple[dict[str, Any], Curve]:
+    from components.evaluation.embedders import embed_batches
+    from components.evaluation.verification import kfold_accuracy, load_bin
+
     dataset = load_bin(path)
     batches = (dataset.images[i:i + options.batch_size] for i in range(0, len(dataset.images), options.batch_size))
     feats = embed_batches(embedder, batches, len(dataset.images), flip=options.flip)
@@ -86,6 +90,12 @@ def _write_curves(out_dir: Path, curves: dict[str, Curve], fars: tuple[float, ..
     (out_dir / "tar_far.md").write_text(tar_far_markdown(rows, fars, extra))
 
 
+def _load_embedder(model: Path) -> Embedder:
+    from components.evaluation.embedders import load_embedder
+
+    return load_embedder(model)
+
+
 def run(params: Params) -> dict[str, Any]:
     p = params.eval
     options = ijbc_options(p)
@@ -93,7 +103,7 @@ def run(params: Params) -> dict[str, Any]:
     curves: dict[str, Curve] = {}
     with timed(report), atomic_dir(p.out_dir) as tmp:
         needs_model = bool(p.verification) or (p.ijbc_root is not None and p.ijbc_features is None)
-        embedder = load_embedder(p.model) if needs_model else None
+        embedder = _load_embedder(p.model) if needs_model else None
         if p.ijbc_root is not None:
             metrics, curves[p.ijbc_target], arrays = evaluate_ijbc_set(p.ijbc_root, p.ijbc_target, options,
                                                                       embedder, p.ijbc_features)
@@ -117,7 +127,7 @@ def run_ijbc(root: Path, out_dir: Path, target: str, options: IjbcOptions, model
     """``faceforge eval ijbc``: one IJB set to a standalone folder (``ijbc.json``, ROC, scores, features)."""
     if (model is None) == (features is None):
         raise ValueError("give exactly one of --model (embed the images) or --features (precomputed .npy)")
-    embedder = load_embedder(model) if model is not None else None
+    embedder = _load_embedder(model) if model is not None else None
     metrics, curve, arrays = evaluate_ijbc_set(root, target, options, embedder, features)
     with atomic_dir(out_dir) as tmp:
         for name, array in arrays.items():

@@ -195,11 +195,18 @@ class QuantizeParams(_Section):
     far: Rate = Field(1e-4, description="the FAR whose TAR drop is checked (IJB-C set of eval params)")
     max_accuracy_drop: float = Field(0.01, description="largest allowed verification-accuracy drop (fraction)")
     max_tar_drop: float = Field(0.005, description="largest allowed TAR@far drop (fraction)")
-    out_dir: Path = Path("data/quantize")
+    min_speedup: float = Field(1.2, gt=0, description="INT8 is served only when its throughput is at least this "
+                               "many times FP32's at every speed_batches size (and within the accuracy limits)")
+    speed_batches: list[Annotated[int, Field(ge=1)]] = Field([1, 32], min_length=1)
+    speed_threads: int = Field(0, ge=0, description="ONNX Runtime threads for the speed comparison; 0: its "
+                               "default, every core, as the served model runs")
+    speed_seconds: float = Field(1.0, gt=0, description="at least this long per model and batch size")
+    out_dir: Path = Field(Path("data/quantize"), description="model.onnx (the variant to serve), model.int8.onnx")
 
 
 class PublishParams(_Section):
-    model: Path = Field(Path("data/export/model.onnx"), description="the ONNX to serve (FP32, or the INT8 one)")
+    model: Path = Field(Path("data/quantize/model.onnx"), description="the ONNX to serve: by default the "
+                        "variant the quantize verdict names (FP32 or INT8)")
     model_name: str = Field("faceforge-embedder", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     backend: Literal["onnxruntime", "python"] = "onnxruntime"
     max_batch_size: int = Field(64, ge=0)

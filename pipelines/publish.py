@@ -52,13 +52,27 @@ def _data_hash(params: Params) -> str:
     return "unknown"
 
 
+def served_variant(model_sha256: str) -> tuple[str | None, str | None]:
+    """("fp32" | "int8", why) for a model the quantize stage measured, from reports/quantize.json."""
+    report = REPORTS / "quantize.json"
+    quantize = json.loads(report.read_text()) if report.is_file() else {}
+    variant = next((k for k, sha in quantize.get("sha256", {}).items() if sha == model_sha256), None)
+    if variant is None:
+        return None, None
+    if variant == quantize.get("serve"):
+        return variant, "; ".join(quantize.get("serve_reasons", [])) or None
+    return variant, f"publish.model names it, although the quantize verdict serves {quantize.get('serve')}"
+
+
 def file_lineage(params: Params, onnx_path: Path) -> Lineage:
     """The lineage the pipeline's own files give: the registry adds run, version and verdict later."""
     eval_report = REPORTS / "eval.json"
     metrics = headline_metrics(numeric(json.loads(eval_report.read_text()))) if eval_report.is_file() else {}
     train = {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
-    return Lineage(model_sha256=sha256_file(onnx_path), git_revision=_git_revision(),
-                   dvc_data_hash=_data_hash(params), metrics=metrics, params=train)
+    sha = sha256_file(onnx_path)
+    variant, reason = served_variant(sha)
+    return Lineage(model_sha256=sha, git_revision=_git_revision(), dvc_data_hash=_data_hash(params),
+                   served_variant=variant, served_variant_reason=reason, metrics=metrics, params=train)
 
 
 def serving_options(p: PublishParams, lineage: Lineage) -> ServingOptions:

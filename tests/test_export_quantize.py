@@ -116,24 +116,52 @@ def test_export_and_quantize_stages(trained_like: Path, packed: Path, eval_sets:
     assert {p.name for p in (workdir / "data" / "export").iterdir()} == {"model.onnx", "model.fp16.onnx",
                                                                          "model.json"}
 
-    loose = ["--set", "quantize.max_accuracy_drop=1.0", "--set", "quantize.max_tar_drop=1.0"]
+    loose = ["--set", "quantize.max_accuracy_drop=1.0", "--set", "quantize.max_tar_drop=1.0",
+             "--set", "quantize.speed_seconds=0.1", "--set", "quantize.min_speedup=0.01"]
     result = _invoke("quantize", "--params", workdir / "params.yaml", *sets, *loose)
     assert result.exit_code == 0, result.output
     report = json.loads((workdir / "reports" / "quantize.json").read_text())
     assert report["passed"] is True and report["quantization"]["quantized_ops"] > 0
     assert set(report["drop"]) == {"holdout.accuracy", "ijbc.tar_at_far_1e-1"}
     assert 0 < report["embedding_agreement"]["mean_cosine"] <= 1
-    int8 = workdir / "data" / "quantize" / "model.int8.onnx"
+    speed = report["speed"]
+    assert set(speed["images_per_s"]) == {"1", "32"} and all(v["fp32"] > 0 and v["int8"] > 0
+                                                             for v in speed["images_per_s"].values())
+    assert speed["int8_speedup"]["32"] == round(speed["images_per_s"]["32"]["int8"]
+                                                / speed["images_per_s"]["32"]["fp32"], 3)
+    out = workdir / "data" / "quantize"
+    int8 = out / "model.int8.onnx"
     assert report["sha256"]["int8"] == _sha(int8)
+    # within the accuracy limits and fast enough (a 0.01x floor): INT8 is the variant served
+    assert report["serve"] == "int8" and "min_speedup 0.01" in report["serve_reasons"][0]
+    assert _sha(out / "model.onnx") == _sha(int8)
 
-    # An impossible limit: the stage fails, says why, the gate can read it, the previous INT8 model stays.
-    strict = ["--set", "quantize.max_accuracy_drop=-1.0", "--set", "quantize.max_tar_drop=1.0"]
-    before = _sha(int8)
+    # INT8 slower than required: FP32 is served, with the measured speed-up as the reason
+    result = _invoke("quantize", "--params", workdir / "params.yaml", *sets, *loose[:-1], "quantize.min_speedup=100")
+    assert result.exit_code == 0, result.output
+    slow = json.loads((workdir / "reports" / "quantize.json").read_text())
+    assert slow["passed"] is True and slow["serve"] == "fp32"
+    assert any("FP32's throughput at batch 32 (< quantize.min_speedup 100" in r for r in slow["serve_reasons"])
+    assert _sha(out / "model.onnx") == _sha(workdir / "data" / "export" / "model.onnx") == slow["sha256"]["fp32"]
+
+    # publish serves the verdict's file and says which variant it is, and why
+    result = _invoke("publish", "--params", workdir / "params.yaml", *sets,
+                     "--set", "publish.validate_with_triton=false")
+    assert result.exit_code == 0, result.output
+    lineage = json.loads((workdir / "reports" / "publish.json").read_text())["lineage"]
+    assert lineage["served_variant"] == "fp32" and "min_speedup 100" in lineage["served_variant_reason"]
+    config = (workdir / "data" / "publish" / "repository" / "faceforge-embedder" / "config.pbtxt").read_text()
+    assert 'key: "served_variant"' in config and 'string_value: "fp32"' in config
+
+    # INT8 beyond the accuracy limits: not a failure of the stage, FP32 is served and the report says why
+    strict = ["--set", "quantize.max_accuracy_drop=-1.0", "--set", "quantize.max_tar_drop=1.0",
+              "--set", "quantize.speed_seconds=0.1", "--set", "quantize.min_speedup=0.01"]
     result = _invoke("quantize", "--params", workdir / "params.yaml", *sets, *strict)
-    assert result.exit_code == 1 and "INT8 model rejected: holdout accuracy drops" in result.output
+    assert result.exit_code == 0, result.output
     failed = json.loads((workdir / "reports" / "quantize.json").read_text())
-    assert failed["passed"] is False and "quantize.max_accuracy_drop -1.0" in failed["reasons"][0]
-    assert _sha(int8) == before
+    assert failed["passed"] is False and failed["serve"] == "fp32"
+    assert "quantize.max_accuracy_drop -1.0" in failed["reasons"][0] and failed["serve_reasons"] == failed["reasons"]
+    assert _sha(out / "model.onnx") == failed["sha256"]["fp32"]
 
 
 def test_export_refuses_mismatched_or_missing_weights(trained_like: Path, packed: Path, workdir: Path) -> None:

@@ -17,17 +17,21 @@ CONFIG = GateConfig(metric="ijbc.tar_at_far_1e-4", tracked=("verification.lfw.ac
                     floors={"ijbc.tar_at_far_1e-4": 0.5, "verification.lfw.accuracy": 0.9})
 
 
-def _reports(root: Path, tar: float | None = 0.8, accuracy: float = 0.95, quantize_ok: bool = True) -> Path:
+def _reports(root: Path, tar: float | None = 0.8, accuracy: float = 0.95, quantize_ok: bool = True,
+             served: str = "fp32") -> Path:
+    """Reports of a run whose served file (model.onnx) is its FP32 or its INT8 model."""
     reports, model = root / "reports", root / "model.onnx"
     reports.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"onnx bytes")
     sha = sha256_file(model)
+    fp32 = sha if served == "fp32" else "e" * 64
     write = lambda name, payload: (reports / name).write_text(json.dumps(payload))  # noqa: E731
     write("quality_filter.json", {"validation": {"success": True}})
     write("eval.json", {"ijbc": {"tar_at_far_1e-4": tar}, "verification": {"lfw": {"accuracy": accuracy}}})
-    write("export.json", {"sha256": {"model.onnx": sha}})
+    write("export.json", {"sha256": {"model.onnx": fp32}})
     write("quantize.json", {"passed": quantize_ok, "reasons": [] if quantize_ok else ["lfw accuracy drops 0.02"],
-                            "sha256": {"fp32": sha, "int8": "f" * 64}})
+                            "serve": served if quantize_ok else "fp32",
+                            "sha256": {"fp32": fp32, "int8": sha if served == "int8" else "f" * 64}})
     write("publish.json", {"infra_validation": {"passed": True}, "lineage": {"model_sha256": sha}})
     return reports
 
@@ -49,13 +53,24 @@ def test_passes_only_when_everything_holds(tmp_path: Path) -> None:
     (dict(tar=float("nan")), "primary_metric", "missing or NaN"),
     (dict(tar=0.4), "primary_metric", "below its floor 0.5"),
     (dict(accuracy=0.85), "no_regression", "verification.lfw.accuracy 0.8500 < floor 0.9000"),
-    (dict(quantize_ok=False), "int8_accuracy", "lfw accuracy drops 0.02"),
+    (dict(quantize_ok=False, served="int8"), "int8_accuracy", "INT8 model is served but failed"),
 ])
 def test_each_failure_is_recorded(tmp_path: Path, change: dict, check: str, reason: str) -> None:
     _reports(tmp_path, **change)
     result = _gate(tmp_path)
     assert not result.passed and result.checks[check] is False
     assert any(r.startswith(check) and reason in r for r in result.reasons), result.reasons
+
+
+def test_fp32_may_be_served_whatever_int8_did_and_a_verdict_is_required(tmp_path: Path) -> None:
+    _reports(tmp_path, quantize_ok=False)  # INT8 failed its accuracy limits; the verdict serves FP32
+    assert _gate(tmp_path).passed
+    _reports(tmp_path, served="int8")  # INT8 within its limits and fast enough
+    assert _gate(tmp_path).passed
+    quantize = tmp_path / "reports" / "quantize.json"
+    quantize.write_text(json.dumps({k: v for k, v in json.loads(quantize.read_text()).items() if k != "serve"}))
+    result = _gate(tmp_path)
+    assert not result.checks["int8_accuracy"] and "no verdict" in result.reasons[0]
 
 
 def test_champion_comparison_stale_outputs_and_checksums(tmp_path: Path) -> None:

@@ -12,22 +12,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
 
-from components.align.similarity import align_face
-from components.evaluation.embedders import Embedder, embed_batches
 from components.evaluation.identification import identify
 from components.evaluation.ijbc_meta import IjbcMeta, index_in
 from components.evaluation.pairs import score_pairs
 from components.evaluation.roc import DEFAULT_FARS, RocSummary, roc_points, roc_summary, split_scores
-from components.evaluation.templates import pool_templates, row_norms
-from components.io.images import ImageRejected, read_rgb
+from components.evaluation.templates import TemplatePooler, row_norms
+from components.io.npy_rows import BLOCK_ROWS, NpyRows
 
-MAX_PIXELS = 50_000_000
+Features = np.ndarray | NpyRows  # per-image features in memory, or a .npy file read block by block
 
 
 @dataclass(frozen=True)
@@ -56,73 +54,53 @@ class IjbcResult:
         return out
 
 
-class _LooseCrops(Dataset):
-    """Reads and aligns one loose crop per item; picklable so DataLoader workers can share the work."""
-
-    def __init__(self, meta: IjbcMeta) -> None:
-        self.dir = meta.image_dir
-        self.images = meta.images
-        self.landmarks = meta.landmarks
-        self.list_file = meta.meta_path("name_5pts_score.txt")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        path = self.dir / str(self.images[i])
-        try:
-            rgb = read_rgb(path, MAX_PIXELS)
-            return align_face(rgb, self.landmarks[i].astype(np.float64))[0]
-        except (ImageRejected, FileNotFoundError, ValueError) as exc:
-            # An evaluation image cannot be skipped (the protocol would change), so stop with its name.
-            raise ValueError(f"{path} (line {i + 1} of {self.list_file.name}): {exc}") from None
-
-
-def _collate(batch: list[np.ndarray]) -> np.ndarray:
-    return np.stack(batch)
-
-
-def embed_ijbc_images(meta: IjbcMeta, embedder: Embedder, options: IjbcOptions) -> np.ndarray:
-    """Per-image features [n_images, D] in the order of ``<target>_name_5pts_score.txt``."""
-    if not meta.image_dir.is_dir():
-        raise FileNotFoundError(f"{meta.image_dir}: loose_crop/ folder not found")
-    loader = DataLoader(_LooseCrops(meta), batch_size=options.batch_size, num_workers=options.loader_workers,
-                        collate_fn=_collate, shuffle=False)
-    return embed_batches(embedder, loader, len(meta.images), flip=options.flip)
-
-
-def check_features(features: np.ndarray, meta: IjbcMeta, source: Path | str) -> None:
-    """Shape and finiteness, streamed in chunks so a memory-mapped 0.9 GB file is never loaded whole."""
+def check_features(features: Features, meta: IjbcMeta, source: Path | str) -> None:
+    """Shape only: finiteness is checked block by block as the features are pooled (read once)."""
     list_file = meta.meta_path("name_5pts_score.txt")
-    if features.ndim != 2:
+    if len(features.shape) != 2:
         raise ValueError(f"{source}: expected a 2-D [images, dim] array, got shape {features.shape}")
     if len(features) != len(meta.images):
         raise ValueError(f"{source}: {len(features)} rows, but {list_file} lists {len(meta.images)} images "
                          "(one feature row per image, in that file's order)")
-    for start in range(0, len(features), 65536):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(features[start:start + 65536])).all(axis=1))
+
+
+def _blocks(features: Features) -> Iterator[tuple[int, np.ndarray]]:
+    if isinstance(features, NpyRows):
+        yield from features.blocks()
+    else:
+        for start in range(0, len(features), BLOCK_ROWS):
+            yield start, features[start:start + BLOCK_ROWS]
+
+
+def _template_features(meta: IjbcMeta, features: Features, options: IjbcOptions,
+                       source: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the image features: finiteness, per-image weights, pooling."""
+    list_file = meta.meta_path("name_5pts_score.txt").name
+    pooler = TemplatePooler(meta.templates, meta.medias, features.shape[1])
+    for start, block in _blocks(features):
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
         if bad.size:
             row = start + int(bad[0])
             raise ValueError(f"{source}: row {row} (image {meta.images[row]}, line {row + 1} of "
-                             f"{list_file.name}) contains NaN or Inf")
+                             f"{list_file}) contains NaN or Inf")
+        weights = np.ones(len(block), np.float64)
+        if options.normalise_images:
+            norms = row_norms(block).astype(np.float64)
+            if (norms == 0).any():
+                raise ValueError(f"image {meta.images[start + np.flatnonzero(norms == 0)[0]]} has an all-zero feature")
+            weights /= norms
+        if options.detector_score:
+            weights *= meta.scores[start:start + len(block)]
+        pooler.add(start, block, weights)
+    return pooler.result()
 
 
-def _template_features(meta: IjbcMeta, features: np.ndarray, options: IjbcOptions) -> tuple[np.ndarray, np.ndarray]:
-    weights = np.ones(len(features), np.float64)
-    if options.normalise_images:
-        norms = row_norms(features).astype(np.float64)
-        if (norms == 0).any():
-            raise ValueError(f"image {meta.images[np.flatnonzero(norms == 0)[0]]} has an all-zero feature")
-        weights /= norms
-    if options.detector_score:
-        weights *= meta.scores
-    return pool_templates(features, meta.templates, meta.medias, weights)
-
-
-def evaluate_ijbc(meta: IjbcMeta, features: np.ndarray, options: IjbcOptions = IjbcOptions()) -> IjbcResult:
+def evaluate_ijbc(meta: IjbcMeta, features: Features, options: IjbcOptions = IjbcOptions(),
+                  source: Path | str = "features") -> IjbcResult:
+    check_features(features, meta, source)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    template_ids, template_feats = _template_features(meta, features, options)
+    template_ids, template_feats = _template_features(meta, features, options, source)
     timings["pool_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -131,8 +109,9 @@ def evaluate_ijbc(meta: IjbcMeta, features: np.ndarray, options: IjbcOptions = I
 
     start = time.perf_counter()
     genuine, impostor = split_scores(scores, meta.pair_label)
-    summary = roc_summary(genuine, impostor, options.fars)
-    roc = roc_points(genuine, impostor)
+    impostor.sort()  # one sort serves the summary and the curve
+    summary = roc_summary(genuine, impostor, options.fars, impostor_sorted=True)
+    roc = roc_points(genuine, impostor, impostor_sorted=True)
     timings["roc_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -28,9 +28,11 @@ def _score_by_gather(feats: np.ndarray, i1: np.ndarray, i2: np.ndarray, chunk: i
 def _score_by_gram(feats: np.ndarray, i1: np.ndarray, i2: np.ndarray, block_rows: int) -> np.ndarray:
     # Orient each pair (low, high) so only the upper block triangle of the Gram matrix is computed.
     lo, hi = np.minimum(i1, i2).astype(np.int32), np.maximum(i1, i2).astype(np.int32)  # int32: 15.6 M pairs
-    order = np.argsort(lo, kind="stable")  # adaptive: protocol files are usually already grouped by template
-    lo_sorted = lo[order]
-    bounds = np.searchsorted(lo_sorted, np.arange(0, len(feats) + block_rows, block_rows))
+    block_of = lo // block_rows
+    # pairs grouped by row block; a stable sort of a 16-bit key is a radix sort: linear in the pairs
+    order = np.argsort(block_of.astype(np.int16 if block_of.max() < 2**15 else np.int32), kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(block_of, minlength=-(-len(feats) // block_rows)))])
+    lo, hi = lo[order], hi[order]  # block by block, contiguous
     scores = np.empty(len(i1), np.float32)
     n_blocks = len(bounds) - 1
     for b in tqdm(range(n_blocks), desc="pairs", unit="block", disable=None, leave=False):
@@ -38,9 +40,9 @@ def _score_by_gram(feats: np.ndarray, i1: np.ndarray, i2: np.ndarray, block_rows
         if first == last:
             continue
         row0 = b * block_rows
-        sel = order[first:last]
         gram = feats[row0:row0 + block_rows] @ feats[row0:].T  # columns from row0: upper triangle only
-        scores[sel] = gram[lo[sel] - row0, hi[sel] - row0]
+        flat = (lo[first:last] - row0).astype(np.int64) * gram.shape[1] + (hi[first:last] - row0)
+        scores[order[first:last]] = gram.ravel().take(flat)
     return scores
 
 

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # without pyplot: no GUI backend, a lighter import
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from components.evaluation.roc import rate_key  # noqa: E402
-from components.io.atomic import atomic_path  # noqa: E402
+from components.evaluation.roc import rate_key
+from components.io.atomic import atomic_path
 
 
 def write_roc_csv(path: Path, far: np.ndarray, tar: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        pd.DataFrame({"far": far, "tar": tar}).to_csv(tmp, index=False, float_format="%.8g")
+        np.savetxt(tmp, np.c_[far, tar], fmt="%.8g", delimiter=",", header="far,tar", comments="")
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], fars: tuple[float, ...], out: Path,
              title: str = "ROC (log FAR)") -> None:
     """One curve per set on a log-FAR axis, with the reported FAR targets marked."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.subplots()
     low = min([min(fars)] + [float(far[far > 0].min()) for far, _ in curves.values() if (far > 0).any()])
     for name, (far, tar) in curves.items():
         ax.step(np.clip(far, low, 1), tar, where="post", lw=1.4, label=name)
@@ -36,7 +33,6 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], fars: tuple[float
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def _cell(value: float | None) -> str:

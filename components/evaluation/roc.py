@@ -78,8 +78,10 @@ def accept_cut(negatives_ascending: np.ndarray, rate: float) -> float | None:
     return float(negatives_ascending[n - 1 - k]) if k < n else -math.inf
 
 
-def roc_summary(genuine: np.ndarray, impostor: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS) -> RocSummary:
-    neg = np.sort(impostor)  # ascending; one sort serves every target and the AUC
+def roc_summary(genuine: np.ndarray, impostor: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS,
+                impostor_sorted: bool = False) -> RocSummary:
+    """``impostor_sorted``: the impostor scores are already ascending (one sort shared with ``roc_points``)."""
+    neg = impostor if impostor_sorted else np.sort(impostor)  # one sort serves every target and the AUC
     n_neg = len(neg)
     tar: dict[float, float] = {}
     thresholds: dict[float, float] = {}
@@ -97,12 +99,13 @@ def roc_summary(genuine: np.ndarray, impostor: np.ndarray, fars: tuple[float, ..
     return RocSummary(tar, thresholds, auc, len(genuine), n_neg)
 
 
-def roc_points(genuine: np.ndarray, impostor: np.ndarray, n_points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+def roc_points(genuine: np.ndarray, impostor: np.ndarray, n_points: int = 400,
+               impostor_sorted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(FAR, TAR) at ~``n_points`` FARs spaced evenly on a log axis from 1/N_impostor to 1, same rule as above.
 
     Thinned so ``dvc plots`` and the PNG stay small; exact at every point returned.
     """
-    neg = np.sort(impostor)[::-1]
+    neg = (impostor if impostor_sorted else np.sort(impostor))[::-1]
     pos = np.sort(genuine)
     n_neg = len(neg)
     ks = np.unique(np.round(np.logspace(0, math.log10(n_neg), n_points)).astype(np.int64))

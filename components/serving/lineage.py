@@ -31,6 +31,8 @@ class Lineage:
     dvc_lock_sha256: str | None = None  # the exact dvc.lock that, at git_revision, `dvc pull`s every output
     dvc_remote: str | None = None  # where those outputs were pushed
     dvc_commit: str | None = None  # git commit of the run (code + dvc.lock + metrics): checkout, `dvc pull`
+    served_variant: str | None = None  # "fp32" or "int8": which of the quantize stage's two models this is
+    served_variant_reason: str | None = None  # the quantize verdict's reasons for serving it
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # flattened ``train.*`` params the model was trained with
     gate_status: str | None = None

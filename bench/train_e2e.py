@@ -2,14 +2,16 @@
 
 Both launchers run ``components.training.loop.train_worker`` on 2 gloo workers over the demo's packed
 faces, 16 steps logged every 4; samples/s is the mean of the logging windows after the first (warm-up:
-lazy imports, allocator, first gloo rendezvous excluded). Writes ``reports/bench/train_e2e.json``. Run after
-``make demo``.
+lazy imports, allocator, first gloo rendezvous excluded). Each launcher runs twice, alternating, and the
+overhead is the median over the (Ray, plain) pairs: one pair's figure moves by several percent on a 2-core
+machine. Writes ``reports/bench/train_e2e.json``. Run after ``make demo``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from components.training.sessions import LocalSession
 
 OUT = Path("reports/bench/train_e2e.json")
 DATA = Path("data/packed")
+STEPS, PAIRS = 16, 2  # steps per run (logged every 4, the first window is warm-up); Ray/plain pairs per backbone
 
 
 def _steady(history: list[dict]) -> float:
@@ -42,22 +45,35 @@ def _plain_worker(rank: int, cfg: TrainConfig, tmp: str) -> None:
     dist.destroy_process_group()
 
 
+def _rates(backbone: str, launcher: str) -> float:
+    """Steady samples/s of one fresh run of ``launcher`` ("ray" or "plain")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(data_dir=str(DATA.resolve()), out_dir=tmp, backbone=backbone, batch_size=32,
+                          max_steps=STEPS, log_every=4, checkpoint_every=1000, num_workers=2, sample_rate=0.5,
+                          loader_workers=1, lr=0.05)
+        if launcher == "ray":
+            return _steady(run_on_ray(cfg, Path(tmp) / "ray", f"bench_{backbone}").metrics["history"])
+        mp.spawn(_plain_worker, args=(cfg, tmp), nprocs=cfg.num_workers)
+        return _steady(json.loads(Path(tmp, "history.json").read_text()))
+
+
 def main() -> None:
     results = {}
     for backbone in ("mbf", "r18"):
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig(data_dir=str(DATA.resolve()), out_dir=tmp, backbone=backbone, batch_size=32,
-                              max_steps=16, log_every=4, checkpoint_every=1000, num_workers=2, sample_rate=0.5,
-                              loader_workers=1, lr=0.05)
-            ray_rate = _steady(run_on_ray(cfg, Path(tmp) / "ray", f"bench_{backbone}").metrics["history"])
-            mp.spawn(_plain_worker, args=(cfg, tmp), nprocs=cfg.num_workers)
-            plain_rate = _steady(json.loads(Path(tmp, "history.json").read_text()))
-        results[backbone] = {"ray_samples_per_s": round(ray_rate, 2), "plain_samples_per_s": round(plain_rate, 2),
-                             "ray_overhead_fraction": round(plain_rate / ray_rate - 1, 4)}
+        # Alternating order (ray, plain, plain, ray, ...) so that a machine drifting during the measurement
+        # weighs on both launchers alike; the overhead is the median over the pairs.
+        runs: dict[str, list[float]] = {"ray": [], "plain": []}
+        for pair in range(PAIRS):
+            for launcher in (("ray", "plain") if pair % 2 == 0 else ("plain", "ray")):
+                runs[launcher].append(round(_rates(backbone, launcher), 2))
+        overheads = [plain / ray - 1 for ray, plain in zip(runs["ray"], runs["plain"], strict=True)]
+        results[backbone] = {"ray_samples_per_s": runs["ray"], "plain_samples_per_s": runs["plain"],
+                             "ray_overhead_fraction_per_pair": [round(o, 4) for o in overheads],
+                             "ray_overhead_fraction_median": round(statistics.median(overheads), 4)}
         print(backbone, results[backbone], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"device": "cpu", "cpus": os.cpu_count(), "workers": 2, "batch_per_worker": 32,
-                               "results": results}, indent=2) + "\n")
+                               "steps": STEPS, "pairs": PAIRS, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def registry_lineage(client: Any, params: Params, version: Any) -> Lineage:
                    dvc_data_hash=tags.get("dvc_data_hash", "unknown"), dvc_lock_sha256=tags.get("dvc_lock_sha256"),
                    dvc_remote=tags.get("dvc_remote"), dvc_commit=tags.get("dvc_commit"),
                    served_variant=tags.get("served_variant"), served_variant_reason=tags.get("served_variant_reason"),
-                   metrics=metrics,
+                   metrics=metrics, thresholds=json.loads(tags.get("thresholds", "{}")),
                    params={k: v for k, v in run.data.params.items() if k.startswith("train.")},
                    gate_status=tags.get("gate.status"),
                    gate_reasons=tuple(r for r in tags.get("gate.reasons", "").split("; ") if r),
@@ -84,6 +84,11 @@ def render_text(record: dict[str, Any]) -> str:
     lineage, approval = record["lineage"], record["approval"]
     lines = [f"{record['model']} version {record['version']}  aliases: {', '.join(record['aliases']) or '-'}",
              f"  model sha256      {lineage['model_sha256']}",
+             "  thresholds        " + (", ".join(
+                 f"{far.removeprefix('far_')}: {'unresolvable' if t['cosine'] is None else t['cosine']}"
+                 for far, t in lineage.get("thresholds", {}).items())
+                 + f" (cosine per FAR; {next(iter(lineage['thresholds'].values()))['impostor_pairs']:,} impostor "
+                 "pairs)" if lineage.get("thresholds") else "-"),
              f"  variant           {lineage.get('served_variant') or '-'}"
              + (f" ({lineage['served_variant_reason']})" if lineage.get("served_variant_reason") else ""),
              f"  git revision      {lineage['git_revision']}",

@@ -30,7 +30,8 @@ Curve = tuple[np.ndarray, np.ndarray]
 
 def ijbc_options(p: EvalParams) -> IjbcOptions:
     return IjbcOptions(flip=p.flip, detector_score=p.detector_score, normalise_images=p.normalise_images,
-                       fars=tuple(p.fars), fpirs=tuple(p.fpirs), batch_size=p.batch_size,
+                       fars=tuple(p.fars), fpirs=tuple(p.fpirs), threshold_fars=tuple(p.threshold_fars),
+                       batch_size=p.batch_size,
                        loader_workers=p.loader_workers)
 
 

@@ -160,6 +160,8 @@ class EvalParams(_Section):
     normalise_images: bool = Field(False, description="L2-normalise each image feature before pooling")
     fars: list[Rate] = Field([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], min_length=1)
     fpirs: list[Rate] = Field([1e-2, 1e-1], min_length=1)
+    threshold_fars: list[Rate] = Field([1e-3, 1e-4, 1e-5], description="FARs whose cosine thresholds (from the "
+                                       "IJB-format set) a served version carries for its accept/reject decision")
     verification: dict[str, Path] = Field({"orl_holdout": Path("data/eval_sets/orl_holdout.bin")},
                                           description="name -> LFW/CFP-FP/AgeDB-style .bin")
     folds: int = Field(10, ge=2)

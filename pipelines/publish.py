@@ -67,12 +67,15 @@ def served_variant(model_sha256: str) -> tuple[str | None, str | None]:
 def file_lineage(params: Params, onnx_path: Path) -> Lineage:
     """The lineage the pipeline's own files give: the registry adds run, version and verdict later."""
     eval_report = REPORTS / "eval.json"
-    metrics = headline_metrics(numeric(json.loads(eval_report.read_text()))) if eval_report.is_file() else {}
+    evaluated = json.loads(eval_report.read_text()) if eval_report.is_file() else {}
+    metrics = headline_metrics(numeric(evaluated))
+    thresholds = evaluated.get(params.eval.ijbc_target, {}).get("thresholds", {})
     train = {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
     sha = sha256_file(onnx_path)
     variant, reason = served_variant(sha)
     return Lineage(model_sha256=sha, git_revision=_git_revision(), dvc_data_hash=_data_hash(params),
-                   served_variant=variant, served_variant_reason=reason, metrics=metrics, params=train)
+                   served_variant=variant, served_variant_reason=reason, metrics=metrics, thresholds=thresholds,
+                   params=train)
 
 
 def serving_options(p: PublishParams, lineage: Lineage) -> ServingOptions:

@@ -51,6 +51,9 @@ def test_eval_ijbc_with_model_then_with_its_features(eval_sets: Path, model_dir:
     assert metrics["n_genuine"] == 40 and metrics["n_impostor"] == 150
     assert 0.0 <= metrics["tar_at_far_1e-1"] <= 1.0 and metrics["tar_at_far_1e-4"] is None  # 1/150 resolution
     assert set(metrics["identification"]) == {"G1", "G2", "mean"}
+    # 150 impostor pairs resolve FAR 1e-2 at best: the decision thresholds at 1e-3..1e-5 are null, not guessed
+    assert metrics["thresholds"]["far_1e-3"] == {"cosine": None, "impostor_pairs": 150, "impostors_above": 0}
+    assert set(metrics["thresholds"]) == {"far_1e-3", "far_1e-4", "far_1e-5"}
     assert 0.0 <= metrics["identification"]["mean"]["rank1"] <= 1.0
     assert np.load(out / "features.npy").shape == (len(read_ijbc_meta(root).images), 128)
 

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_curve
 
 from components.evaluation.identification import identify
 from components.evaluation.pairs import score_pairs
-from components.evaluation.roc import rate_key, roc_points, roc_summary, split_scores
+from components.evaluation.roc import decision_thresholds, rate_key, roc_points, roc_summary, split_scores
 from components.evaluation.templates import pool_templates
 from components.evaluation.verification import _best_threshold, kfold_accuracy
 from components.training.batchnorm import recalibrate_batchnorm
@@ -29,6 +29,21 @@ def test_tar_at_far_by_hand() -> None:
     assert s.tar_at_far[0.3] == pytest.approx(3 / 5)  # 3 allowed, 0.4 tie makes it 4: still cut at 0.4
     assert s.tar_at_far[0.5] == pytest.approx(5 / 5)  # 5 allowed: cut at the 6th impostor, 0.1
     assert s.as_metrics()[rate_key("tar_at_far", 0.05)] is None
+
+
+def test_decision_thresholds_by_hand() -> None:
+    """What a deployment accepts above, with the impostor pairs behind it; never a guess below the resolution."""
+    impostor = np.sort(np.array([0.6, 0.5, 0.4, 0.4, 0.3, 0.1, 0.0, -0.1, -0.2, -0.3]))
+    t = decision_thresholds(impostor, fars=(0.05, 0.1, 0.2))
+    assert t["far_5e-2"] == {"cosine": None, "impostor_pairs": 10, "impostors_above": 0}
+    assert t["far_1e-1"] == {"cosine": 0.5, "impostor_pairs": 10, "impostors_above": 1}
+    assert t["far_2e-1"] == {"cosine": 0.4, "impostor_pairs": 10, "impostors_above": 2}  # the tie at 0.4 stays out
+    rng = np.random.default_rng(0)
+    many = np.sort(rng.normal(0.0, 0.2, 100_000))
+    for far, row in decision_thresholds(many).items():  # 1e-3, 1e-4, 1e-5 by default
+        rate = float(far.removeprefix("far_"))
+        assert row["impostors_above"] <= rate * len(many)
+        assert row["cosine"] is not None and np.count_nonzero(many > row["cosine"]) == row["impostors_above"]
 
 
 def test_tar_at_far_is_best_tpr_with_fpr_within_target() -> None:

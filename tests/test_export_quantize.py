@@ -144,7 +144,12 @@ def test_export_and_quantize_stages(trained_like: Path, packed: Path, eval_sets:
     assert any("FP32's throughput at batch 32 (< quantize.min_speedup 100" in r for r in slow["serve_reasons"])
     assert _sha(out / "model.onnx") == _sha(workdir / "data" / "export" / "model.onnx") == slow["sha256"]["fp32"]
 
-    # publish serves the verdict's file and says which variant it is, and why
+    # publish serves the verdict's file and says which variant it is, and why; the evaluation's decision
+    # thresholds travel with it (null where the evaluation could not resolve that FAR)
+    thresholds = {"far_1e-3": {"cosine": 0.31, "impostor_pairs": 25000, "impostors_above": 25},
+                  "far_1e-4": {"cosine": None, "impostor_pairs": 25000, "impostors_above": 0}}
+    (workdir / "reports" / "eval.json").write_text(json.dumps({"ijbc": {"tar_at_far_1e-3": 0.7,
+                                                                        "thresholds": thresholds}}))
     result = _invoke("publish", "--params", workdir / "params.yaml", *sets,
                      "--set", "publish.validate_with_triton=false")
     assert result.exit_code == 0, result.output
@@ -152,6 +157,9 @@ def test_export_and_quantize_stages(trained_like: Path, packed: Path, eval_sets:
     assert lineage["served_variant"] == "fp32" and "min_speedup 100" in lineage["served_variant_reason"]
     config = (workdir / "data" / "publish" / "repository" / "faceforge-embedder" / "config.pbtxt").read_text()
     assert 'key: "served_variant"' in config and 'string_value: "fp32"' in config
+    assert lineage["thresholds"] == thresholds
+    assert 'key: "threshold_far_1e-3"' in config and 'string_value: "0.31"' in config
+    assert 'key: "threshold_far_1e-4"' in config and 'string_value: "null"' in config
 
     # INT8 beyond the accuracy limits: not a failure of the stage, FP32 is served and the report says why
     strict = ["--set", "quantize.max_accuracy_drop=-1.0", "--set", "quantize.max_tar_drop=1.0",

@@ -21,7 +21,15 @@ import numpy as np
 from components.evaluation.identification import identify
 from components.evaluation.ijbc_meta import IjbcMeta, index_in
 from components.evaluation.pairs import score_pairs
-from components.evaluation.roc import DEFAULT_FARS, RocSummary, roc_points, roc_summary, split_scores
+from components.evaluation.roc import (
+    DECISION_FARS,
+    DEFAULT_FARS,
+    RocSummary,
+    decision_thresholds,
+    roc_points,
+    roc_summary,
+    split_scores,
+)
 from components.evaluation.templates import TemplatePooler, row_norms
 from components.io.npy_rows import BLOCK_ROWS, NpyRows
 
@@ -35,6 +43,7 @@ class IjbcOptions:
     normalise_images: bool = False
     fars: tuple[float, ...] = DEFAULT_FARS
     fpirs: tuple[float, ...] = (1e-2, 1e-1)
+    threshold_fars: tuple[float, ...] = DECISION_FARS
     batch_size: int = 64
     loader_workers: int = 0
 
@@ -46,9 +55,11 @@ class IjbcResult:
     scores: np.ndarray  # float32 per pair, in the pair file's order
     roc: tuple[np.ndarray, np.ndarray]  # (FAR, TAR) points for plots
     timings: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, dict[str, float | int | None]] = field(default_factory=dict)  # decision_thresholds
 
     def metrics(self) -> dict[str, object]:
         out: dict[str, object] = dict(self.verification.as_metrics())
+        out["thresholds"] = self.thresholds
         if self.identification:
             out["identification"] = self.identification
         return out
@@ -112,6 +123,7 @@ def evaluate_ijbc(meta: IjbcMeta, features: Features, options: IjbcOptions = Ijb
     impostor.sort()  # one sort serves the summary and the curve
     summary = roc_summary(genuine, impostor, options.fars, impostor_sorted=True)
     roc = roc_points(genuine, impostor, impostor_sorted=True)
+    thresholds = decision_thresholds(impostor, options.threshold_fars)
     timings["roc_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -126,7 +138,8 @@ def evaluate_ijbc(meta: IjbcMeta, features: Features, options: IjbcOptions = Ijb
                                             template_feats[gallery_idx], gallery_subjects, fpirs=options.fpirs)
         identification["mean"] = _mean_over_galleries(identification)
     timings["identify_s"] = time.perf_counter() - start
-    return IjbcResult(summary, identification, scores, roc, {k: round(v, 3) for k, v in timings.items()})
+    return IjbcResult(summary, identification, scores, roc, {k: round(v, 3) for k, v in timings.items()},
+                      thresholds)
 
 
 def _mean_over_galleries(per_gallery: dict[str, dict[str, float | None]]) -> dict[str, float | None]:

@@ -78,6 +78,27 @@ def accept_cut(negatives_ascending: np.ndarray, rate: float) -> float | None:
     return float(negatives_ascending[n - 1 - k]) if k < n else -math.inf
 
 
+DECISION_FARS = (1e-3, 1e-4, 1e-5)  # the operating points a served model carries thresholds for
+
+
+def decision_thresholds(impostor_ascending: np.ndarray, fars: tuple[float, ...] = DECISION_FARS,
+                        ) -> dict[str, dict[str, float | int | None]]:
+    """The cosine threshold a deployment uses for each FAR (accept when cosine > threshold), by the rule above,
+    with what supports it: ``{"far_1e-4": {"cosine": t, "impostor_pairs": N, "impostors_above": k}}``.
+
+    ``cosine`` is None where the ROC cannot resolve that FAR (fewer than 1 / FAR impostor pairs): a threshold
+    is never guessed. ``impostors_above`` is how many impostor pairs score above it (at most FAR x N).
+    """
+    n = len(impostor_ascending)
+    out: dict[str, dict[str, float | int | None]] = {}
+    for far in fars:
+        cut = accept_cut(impostor_ascending, far)
+        above = 0 if cut is None else int(n - np.searchsorted(impostor_ascending, cut, side="right"))
+        out[rate_key("far", far)] = {"cosine": cut, "impostor_pairs": n,
+                                     "impostors_above": above}
+    return out
+
+
 def roc_summary(genuine: np.ndarray, impostor: np.ndarray, fars: tuple[float, ...] = DEFAULT_FARS,
                 impostor_sorted: bool = False) -> RocSummary:
     """``impostor_sorted``: the impostor scores are already ascending (one sort shared with ``roc_points``)."""

@@ -57,7 +57,10 @@ def _edge_nodes(model: onnx.ModelProto) -> list[str]:
 
 def quantize_int8(fp32_path: Path, out: Path, faces: np.ndarray,
                   method: Literal["minmax", "entropy", "percentile"] = "percentile", per_channel: bool = True,
-                  keep_edges_float: bool = True) -> dict[str, object]:
+                  keep_edges_float: bool = True, quant_format: Literal["qdq", "qoperator"] = "qdq",
+                  reduce_range: bool = False) -> dict[str, object]:
+    """``quant_format``: QDQ pairs (portable, TensorRT reads them) or ONNX Runtime's fused QOperator ops;
+    ``reduce_range``: 7-bit weights, which avoids int16 overflow on CPUs without VNNI."""
     if len(faces) == 0:
         raise ValueError("the calibration set is empty: INT8 ranges must come from real faces")
     if not Path(fp32_path).is_file():
@@ -68,11 +71,14 @@ def quantize_int8(fp32_path: Path, out: Path, faces: np.ndarray,
         exclude = _edge_nodes(onnx.load(str(prepared))) if keep_edges_float else []
         with atomic_path(out) as target:
             reader = FaceCalibrationReader(faces)
-            quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8,
+            quantize_static(str(prepared), str(target), reader,
+                            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                            per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=METHODS[method], nodes_to_exclude=exclude)
             quantized = onnx.load(str(target))
             onnx.checker.check_model(quantized)
             check_contract(quantized, str(out))
-    return {"method": method, "per_channel": per_channel, "calibration_faces": reader.used,
-            "float_nodes": exclude, "quantized_ops": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)}
+    return {"method": method, "per_channel": per_channel, "format": quant_format, "reduce_range": reduce_range,
+            "calibration_faces": reader.used, "float_nodes": exclude,
+            "quantized_ops": sum(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                                               "ConvInteger") for n in quantized.graph.node)}

@@ -34,6 +34,9 @@ class Lineage:
     served_variant: str | None = None  # "fp32" or "int8": which of the quantize stage's two models this is
     served_variant_reason: str | None = None  # the quantize verdict's reasons for serving it
     metrics: dict[str, float] = field(default_factory=dict)
+    # accept/reject cosine thresholds per FAR from the IJB-format evaluation, with the impostor pairs behind
+    # them (components/evaluation/roc.decision_thresholds): {"far_1e-4": {"cosine": .., "impostor_pairs": ..}}
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # flattened ``train.*`` params the model was trained with
     gate_status: str | None = None
     gate_reasons: tuple[str, ...] = ()
@@ -59,4 +62,14 @@ class Lineage:
         if self.gate_reasons:
             out["gate_reasons"] = "; ".join(self.gate_reasons)
         out["metrics"] = json.dumps(self.metrics, sort_keys=True)
+        out |= self.threshold_tags()
         return out
+
+    def threshold_tags(self) -> dict[str, str]:
+        """``threshold_far_1e-4`` = the cosine (``null`` where unresolvable) and ``thresholds`` = the whole record
+        as JSON: what Triton ``parameters`` and the MLflow version tags carry."""
+        if not self.thresholds:
+            return {}
+        out = {f"threshold_{far}": "null" if t.get("cosine") is None else str(t["cosine"])
+               for far, t in self.thresholds.items()}
+        return out | {"thresholds": json.dumps(self.thresholds, sort_keys=True)}

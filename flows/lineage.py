@@ -79,16 +79,22 @@ def describe(client: Any, params: Params, ref: str, repositories: list[str]) -> 
     }
 
 
+def _thresholds_text(thresholds: dict[str, dict[str, Any]]) -> str:
+    """``1e-3: 0.31, 1e-4: unresolvable (cosine per FAR; 25,000 impostor pairs)``, or ``-`` without any."""
+    if not thresholds:
+        return "-"
+    cosines = ", ".join(f"{far.removeprefix('far_')}: {'unresolvable' if t['cosine'] is None else t['cosine']}"
+                        for far, t in thresholds.items())
+    pairs = next(iter(thresholds.values()))["impostor_pairs"]
+    return f"{cosines} (cosine per FAR; {pairs:,} impostor pairs)"
+
+
 def render_text(record: dict[str, Any]) -> str:
     """The summary a person reads in a terminal; ``--json`` gives every field."""
     lineage, approval = record["lineage"], record["approval"]
     lines = [f"{record['model']} version {record['version']}  aliases: {', '.join(record['aliases']) or '-'}",
              f"  model sha256      {lineage['model_sha256']}",
-             "  thresholds        " + (", ".join(
-                 f"{far.removeprefix('far_')}: {'unresolvable' if t['cosine'] is None else t['cosine']}"
-                 for far, t in lineage.get("thresholds", {}).items())
-                 + f" (cosine per FAR; {next(iter(lineage['thresholds'].values()))['impostor_pairs']:,} impostor "
-                 "pairs)" if lineage.get("thresholds") else "-"),
+             f"  thresholds        {_thresholds_text(lineage.get('thresholds') or {})}",
              f"  variant           {lineage.get('served_variant') or '-'}"
              + (f" ({lineage['served_variant_reason']})" if lineage.get("served_variant_reason") else ""),
              f"  git revision      {lineage['git_revision']}",

@@ -135,7 +135,7 @@ def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dic
     tags |= {k: v for k, v in (("dvc_lock_sha256", lineage.dvc_lock_sha256), ("dvc_remote", lineage.dvc_remote),
                                ("dvc_commit", lineage.dvc_commit), ("served_variant", lineage.served_variant),
                                ("served_variant_reason", lineage.served_variant_reason)) if v}
-    tags |= {k.replace("threshold_", "threshold.", 1): v for k, v in lineage.threshold_tags().items()}
+    tags |= lineage.threshold_tags("threshold.")
     existing = _registered_by_this_flow_run(client, name, tags)
     if existing is not None:
         return existing

@@ -31,8 +31,7 @@ Curve = tuple[np.ndarray, np.ndarray]
 def ijbc_options(p: EvalParams) -> IjbcOptions:
     return IjbcOptions(flip=p.flip, detector_score=p.detector_score, normalise_images=p.normalise_images,
                        fars=tuple(p.fars), fpirs=tuple(p.fpirs), threshold_fars=tuple(p.threshold_fars),
-                       batch_size=p.batch_size,
-                       loader_workers=p.loader_workers)
+                       batch_size=p.batch_size, loader_workers=p.loader_workers)
 
 
 def evaluate_ijbc_set(root: Path, target: str, options: IjbcOptions, embedder: Embedder | None,

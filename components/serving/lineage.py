@@ -65,11 +65,11 @@ class Lineage:
         out |= self.threshold_tags()
         return out
 
-    def threshold_tags(self) -> dict[str, str]:
-        """``threshold_far_1e-4`` = the cosine (``null`` where unresolvable) and ``thresholds`` = the whole record
-        as JSON: what Triton ``parameters`` and the MLflow version tags carry."""
+    def threshold_tags(self, prefix: str = "threshold_") -> dict[str, str]:
+        """``<prefix>far_1e-4`` = the cosine (``null`` where unresolvable) and ``thresholds`` = the whole record
+        as JSON: what Triton ``parameters`` (``threshold_``) and the MLflow version tags (``threshold.``) carry."""
         if not self.thresholds:
             return {}
-        out = {f"threshold_{far}": "null" if t.get("cosine") is None else str(t["cosine"])
+        out = {f"{prefix}{far}": "null" if t.get("cosine") is None else str(t["cosine"])
                for far, t in self.thresholds.items()}
         return out | {"thresholds": json.dumps(self.thresholds, sort_keys=True)}

@@ -29,6 +29,11 @@ import torch
 MATERIALISE_BLOCK = 1 << 16  # rows brought up to date at a time by materialise (two 128 MB copies at d=512)
 
 
+def _row_buffers(param: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uninitialised (values, momentum, scratch) for ``rows`` rows of ``param``."""
+    return tuple(param.new_empty(rows, *param.shape[1:]) for _ in range(3))
+
+
 class LazySGD(torch.optim.SGD):
     """``torch.optim.SGD`` (no Nesterov, no dampening) that applies row-sparse gradients lazily, as above.
 
@@ -85,9 +90,7 @@ class LazySGD(torch.optim.SGD):
         """Copies of ``rows`` of ``param`` and of their momentum, brought to the state after the last step
         (into ``out``'s values and momentum buffers when given, its third as scratch)."""
         state = self._lazy_state(param)
-        if out is None:
-            out = tuple(param.new_empty(len(rows), *param.shape[1:]) for _ in range(3))
-        w, b, scratch = out
+        w, b, scratch = out if out is not None else _row_buffers(param, len(rows))
         torch.index_select(param.detach(), 0, rows, out=w)
         torch.index_select(state["momentum_buffer"], 0, rows, out=b)
         behind = state["last_step"].index_select(0, rows)
@@ -113,7 +116,7 @@ class LazySGD(torch.optim.SGD):
         then fails autograd's in-place check rather than use overwritten values)."""
         buffers = self._buffers.get(param)
         if buffers is None or buffers[0].shape[0] != len(rows):
-            buffers = self._buffers[param] = tuple(param.new_empty(len(rows), *param.shape[1:]) for _ in range(3))
+            buffers = self._buffers[param] = _row_buffers(param, len(rows))
         w, b = self._current(param, rows, buffers)
         self._read[param] = (rows, w, b)
         return w

@@ -9,9 +9,13 @@ setup: .venv/.synced
 # uv is installed with pip when missing; the environment is exactly uv.lock (no resolution on install).
 # Bytecode is compiled once at install: every stage, flow run and worker is a new Python process, and where
 # PYTHONDONTWRITEBYTECODE is set each would otherwise compile torch, MLflow and Prefect again (7.5 -> 4.8 s).
-.venv/.synced: pyproject.toml uv.lock
+# The bundled Triton's python-backend stub was built against numpy 1.x: the photo-in model's bytes tensors need
+# numpy<2 on its path, installed (hash-pinned) beside the environment, never into it.
+.venv/.synced: pyproject.toml uv.lock infra/triton/stub-requirements.txt
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen --all-groups --compile-bytecode
+	$(UV) pip install --no-config --quiet --python .venv/bin/python --target .venv/triton-stub --no-deps \
+	  --require-hashes -r infra/triton/stub-requirements.txt
 	@touch $@
 
 demo: setup
@@ -31,6 +35,7 @@ bench: setup
 	$(UV) run --frozen python -m bench.eval_ijbc
 	$(UV) run --frozen python -m bench.quantize
 	$(UV) run --frozen python -m bench.triton_serving
+	$(UV) run --frozen python -m bench.photo_serving     # photo-in model: load (1/8/32) + 3-minute soak
 	$(UV) run --frozen python -m bench.train_gpu   # measures only where CUDA is present
 	$(UV) run --frozen python -m bench.train_gpu_vs_arcface   # idem; arcface_torch's column with $$ARCFACE_TORCH
 
@@ -38,4 +43,4 @@ lint: setup
 	$(UV) run --frozen ruff check .
 
 clean:
-	rm -rf data/detect data/detect_cache data/aligned data/quality data/packed data/train data/eval data/export data/quantize data/publish reports/*.json reports/*.csv reports/bench
+	rm -rf data/detect data/detect_cache data/aligned data/quality data/packed data/train data/eval data/export data/quantize data/publish data/local_serving reports/*.json reports/*.csv reports/bench

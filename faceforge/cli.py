@@ -29,7 +29,7 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return ConnectionError, TimeoutError, BotoConnectionError, EndpointConnectionError
 
 
-def _report_errors(command: str, action: Callable[[], dict[str, Any]],
+def _report_errors(command: str, action: Callable[[], Any],
                    show: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Run ``action`` and print its report (JSON, or ``show``); user errors become one line on stderr and a
     non-zero exit."""
@@ -318,6 +318,80 @@ def eval_ijbc(
     options = IjbcOptions(flip=flip, detector_score=detector_score, normalise_images=normalise_images,
                           batch_size=batch_size, loader_workers=workers)
     _report_errors("eval ijbc", lambda: run_ijbc(root, out, target, options, model, features))
+
+
+client_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Call the served photo-in model (faceforge-pipeline): photos in, faces and "
+                         "decisions out.")
+app.add_typer(client_app, name="client")
+
+
+@client_app.callback()
+def client_options(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(help="Triton's gRPC (default) or HTTP address")] = "127.0.0.1:8001",
+    protocol: Annotated[str, typer.Option(help="grpc | http")] = "grpc",
+    model: Annotated[str, typer.Option(help="the photo-in model's name")] = "faceforge-pipeline",
+) -> None:
+    if protocol not in ("grpc", "http"):
+        raise typer.BadParameter(f"--protocol {protocol}: use grpc or http")
+    ctx.obj = {"url": url, "protocol": protocol, "model": model}
+
+
+def _client_call(ctx: typer.Context, command: str, call: Callable[[Any], Any]) -> None:
+    """Run ``call(client)``; Triton's own errors (unreachable server, unknown model) become one line."""
+    from tritonclient.utils import InferenceServerException
+
+    from components.serving.client import FaceClient
+
+    def action() -> Any:
+        try:
+            return call(FaceClient(ctx.obj["url"], ctx.obj["protocol"], ctx.obj["model"]))
+        except InferenceServerException as exc:
+            raise RuntimeError(f"{ctx.obj['url']} ({ctx.obj['protocol']}): {exc.message() or exc}") from None
+
+    _report_errors(f"client {command}", action)
+
+
+def _read_photos(paths: list[Path]) -> list[bytes]:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: photo not found")
+    return [p.read_bytes() for p in paths]
+
+
+@client_app.command("embed")
+def client_embed(ctx: typer.Context, photos: Annotated[list[Path], typer.Argument(help="image files")]) -> None:
+    """Each photo's status, face box, detector score and L2-normalised embedding (JSON)."""
+    _client_call(ctx, "embed", lambda c: [e.summary(str(p)) for p, e in zip(photos, c.embed(_read_photos(photos)),
+                                                                            strict=True)])
+
+
+@client_app.command("verify")
+def client_verify(
+    ctx: typer.Context, a: Annotated[Path, typer.Argument(help="first photo")],
+    b: Annotated[Path, typer.Argument(help="second photo")],
+    far: Annotated[float, typer.Option(help="false-accept rate whose served threshold decides")] = 1e-4,
+) -> None:
+    """Same person? The cosine of the two main faces against the served version's threshold at --far."""
+    _client_call(ctx, "verify", lambda c: {"a": str(a), "b": str(b)} | c.verify(*_read_photos([a, b]), far=far))
+
+
+@client_app.command("identify")
+def client_identify(
+    ctx: typer.Context, probes: Annotated[list[Path], typer.Argument(help="photos to identify")],
+    gallery: Annotated[Path, typer.Option(help="folder of <identity>/<photo> files to enrol")],
+    top_k: Annotated[int, typer.Option(min=1, help="identities listed per probe")] = 5,
+) -> None:
+    """Top-k gallery identities per probe by cosine (exact search, components/serving/client.py says why)."""
+    from components.serving.client import read_gallery
+
+    def call(client: Any) -> list[dict[str, Any]]:
+        ranked = client.identify(read_gallery(gallery), _read_photos(probes), top_k)
+        return [{"probe": str(p), "matches": [{"identity": i, "score": s} for i, s in r]}
+                for p, r in zip(probes, ranked, strict=True)]
+
+    _client_call(ctx, "identify", call)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -25,18 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from components.io.checksums import sha256_file
+from components.serving.pipeline_version import PipelineSpec, pinned_embedder, serve_pair
 from components.serving.repository import (
     published_version,
     read_manifest,
-    rollback,
-    serve_existing,
+    rollback_target,
     served_manifest,
 )
 from components.serving.store import Store, open_store
 from flows.lineage import registry_lineage
 from flows.tracking import TAG_LIMIT, check_reachable, tracking_uri
 from pipelines.params import Params
-from pipelines.publish import push, serving_options
+from pipelines.publish import pipeline_spec, push, serving_options
 
 REFUSED_TAG = "serving.refused"
 
@@ -121,10 +121,14 @@ def _download(version: Any, params: Params, into: Path) -> Path:
     return model
 
 
-def _serving_now(store: Store, name: str) -> tuple[str | None, int | None]:
-    """(MLflow version, repository version) that ``store`` serves now, from the served version's manifest."""
+def _serving_now(store: Store, name: str, pipeline: PipelineSpec | None) -> tuple[str | None, int | None]:
+    """(MLflow version, repository version) that ``store`` serves now, from the served version's manifest; no
+    MLflow version while the photo-in model is not paired with it yet (an interrupted switch: done again)."""
     manifest = served_manifest(store, name) or {}
-    return manifest.get("lineage", {}).get("mlflow_model_version"), manifest.get("version")
+    version = manifest.get("version")
+    if pipeline is not None and version is not None and pinned_embedder(store, pipeline.name) != version:
+        return None, version
+    return manifest.get("lineage", {}).get("mlflow_model_version"), version
 
 
 def serve_champion(params: Params, repositories: list[str] | None = None, force: bool = False,
@@ -145,7 +149,8 @@ def serve_champion(params: Params, repositories: list[str] | None = None, force:
         return {"model": name, "model_version": None, "repositories": [], "action": "nothing approved yet"}
 
     stores = {url: open_store(url) for url in chosen}
-    now = {url: _serving_now(store, model_name) for url, store in stores.items()}
+    pipeline = pipeline_spec(params)  # the photo-in model moves with the embedder (pipeline_version.py)
+    now = {url: _serving_now(store, model_name, pipeline) for url, store in stores.items()}
     pending = {url: store for url, store in stores.items() if now[url][0] != str(version.version)}
     result: dict[str, Any] = {"model": name, "model_version": str(version.version),
                               "gate_status": version.tags.get("gate.status", "missing"),
@@ -172,13 +177,14 @@ def serve_champion(params: Params, repositories: list[str] | None = None, force:
         model: Path | None = None
         for url, store in pending.items():
             existing = published_version(store, model_name, lineage)
-            if existing is not None:
-                serve_existing(store, model_name, existing)  # the alias moved back: no upload
-                done = {"repository": url, "action": "switched", "repository_version": existing}
+            if existing is not None:  # the alias moved back: no upload
+                done = {"repository": url, "action": "switched", "repository_version": existing,
+                        "pipeline_version": serve_pair(store, model_name, existing, pipeline)}
             else:
                 model = model or _download(version, params, Path(tmp))
-                done = {"repository": url, "action": "published",
-                        "repository_version": push(store, model_name, model, options, lineage)}
+                published, pipeline_version = push(store, model_name, model, options, lineage, pipeline)
+                done = {"repository": url, "action": "published", "repository_version": published,
+                        "pipeline_version": pipeline_version}
             result["repositories"].append(done)
     record = {"at": _now(), "by": f"{getpass.getuser()}@{socket.gethostname()}",
               "served_versions": {r["repository"]: r.get("repository_version") for r in result["repositories"]}}
@@ -202,8 +208,9 @@ def rollback_serving(params: Params, to: int | None = None, repository: str | No
     chosen = serving_repositories(params, [repository] if repository else None)[0]
     store = open_store(chosen)
     name = params.publish.model_name
-    version = rollback(store, name, to)
-    result: dict[str, Any] = {"repository": chosen, "model_name": name, "served_version": version}
+    version = rollback_target(store, name, to)
+    result: dict[str, Any] = {"repository": chosen, "model_name": name, "served_version": version,
+                              "pipeline_version": serve_pair(store, name, version, pipeline_spec(params))}
     model_version = read_manifest(store, name, version).get("lineage", {}).get("mlflow_model_version")
     if model_version:
         client = registry_client(params)

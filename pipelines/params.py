@@ -218,6 +218,14 @@ class PublishParams(_Section):
     instance_count: int = Field(1, ge=1)
     tensorrt: bool = False
     tensorrt_precision: Literal["FP32", "FP16"] = "FP16"
+    pipeline_name: str | None = Field("faceforge-pipeline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                      description="the photo-in model published and served with the embedder "
+                                      "(detect -> align -> embed inside Triton); null: the embedder alone")
+    pipeline_max_batch_size: int = Field(16, ge=1, description="photos per batch of the photo-in model")
+    pipeline_instance_count: int = Field(2, ge=1, description="photo-in model processes (detection runs on CPU, "
+                                         "one core each)")
+    validation_photos: int = Field(8, ge=0, description="raw photos sent through the photo-in model at publish, "
+                                   "compared with the same code run in-process")
     validate_with_triton: bool = Field(True, description="load the candidate in a real Triton and compare answers")
     validation_faces: int = Field(16, ge=1)
     max_abs_diff: float = Field(1e-5, gt=0)

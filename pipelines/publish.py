@@ -6,6 +6,9 @@ checksum, metrics: nothing DVC's cache cannot see, so a restored or skipped stag
 infra-validates: the bundled Triton has only the python backend, so what it loads is a **python-backend copy**
 of the same ONNX file (``model.py`` running ONNX Runtime), compared over HTTP and gRPC with ONNX Runtime; the
 published ``onnxruntime``/TensorRT config itself is checked against Triton's protobuf schema, not loaded.
+With ``publish.pipeline_name`` set, the photo-in model is published next to the embedder (its own version,
+pinned to that embedder version) and checked too: raw photos through Triton against the same detect -> align
+-> embed code run in this process.
 Serving happens after the gate and a person's approval (flows/serving.py), which reuses :func:`push`.
 """
 
@@ -17,12 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from components.io.atomic import atomic_dir
 from components.io.checksums import sha256_file
 from components.io.nested import numeric
 from components.serving.lineage import Lineage, headline_metrics
+from components.serving.pipeline_version import PipelineSpec, serve_pair
 from components.serving.repository import check_model_name, publish_onnx
 from components.serving.store import LocalStore, Store
 from components.serving.triton_config import ServingOptions
@@ -85,9 +90,38 @@ def serving_options(p: PublishParams, lineage: Lineage) -> ServingOptions:
                           tensorrt_precision=p.tensorrt_precision, lineage=lineage.config_parameters())
 
 
-def push(store: Store, name: str, onnx_path: Path, options: ServingOptions, lineage: Lineage) -> int:
-    """Publish ``onnx_path`` as the next version of ``store`` and serve it; returns the version."""
-    return publish_onnx(store, name, onnx_path, options, {"lineage": lineage.manifest()})
+def pipeline_spec(params: Params) -> PipelineSpec | None:
+    """The photo-in model built with the detect and align stages' own settings, or None when
+    ``publish.pipeline_name`` is null."""
+    p, d = params.publish, params.detect
+    if not p.pipeline_name:
+        return None
+    from components.detect.factory import DetectorConfig, detector_kind
+    from components.serving.photo import PhotoSettings
+
+    detector = DetectorConfig(d.model_path, d.model_kind, d.input_size, d.score_threshold, d.nms_threshold)
+    photo = PhotoSettings(detector_kind(detector), d.input_size, d.score_threshold,  # type: ignore[arg-type]
+                          d.nms_threshold, d.centre_weight, d.max_pixels, params.align.image_size)
+    return PipelineSpec(check_model_name(p.pipeline_name), detector.resolved_path, photo, p.pipeline_max_batch_size,
+                        p.max_queue_delay_us, p.pipeline_instance_count)
+
+
+def push(store: Store, name: str, onnx_path: Path, options: ServingOptions, lineage: Lineage,
+         pipeline: PipelineSpec | None) -> tuple[int, int | None]:
+    """Publish ``onnx_path`` as the next version of ``store`` and serve it with its photo-in model;
+    returns (embedder version, pipeline version or None)."""
+    version = publish_onnx(store, name, onnx_path, options, {"lineage": lineage.manifest()},
+                           keep_served=pipeline is not None)
+    return version, serve_pair(store, name, version, pipeline)
+
+
+def validation_photos(raw_dir: Path, count: int, seed: int = 1) -> list[Path]:
+    """A seeded sample of the raw photos (sorted, so the same files on every machine)."""
+    photos = sorted(p for p in Path(raw_dir).rglob("*") if p.is_file() and not p.name.startswith("."))
+    if count and not photos:
+        raise FileNotFoundError(f"{raw_dir}: no raw photos to check the photo-in model on")
+    picks = np.random.default_rng(seed).choice(len(photos), min(count, len(photos)), replace=False)
+    return [photos[i] for i in sorted(picks)]
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -97,10 +131,12 @@ def run(params: Params) -> dict[str, Any]:
         raise FileNotFoundError(f"{p.model}: model to publish not found (run the export stage)")
     lineage = file_lineage(params, Path(p.model))
     options = serving_options(p, lineage)
+    pipeline = pipeline_spec(params)
     report: dict[str, Any] = {"model": str(p.model), "model_name": name, "backend": p.backend,
                               "lineage": lineage.manifest()}
     with timed(report), atomic_dir(p.candidate_dir) as tmp:
-        push(LocalStore(tmp / "repository"), name, Path(p.model), options, lineage)
+        report["version"], report["pipeline_version"] = push(LocalStore(tmp / "repository"), name, Path(p.model),
+                                                             options, lineage, pipeline)
         if p.validate_with_triton:
             # Imported here: serving an approved model (flows/serving.py) reuses this module every 30 s and
             # needs none of torch, ONNX Runtime or tritonclient's HTTP stack.
@@ -111,7 +147,8 @@ def run(params: Params) -> dict[str, Any]:
             inputs = to_input(sample_faces(params.pack.out_dir, p.validation_faces, seed=1))
             reference = OnnxEmbedder(p.model).session.run(None, {"input": inputs})[0]
             with tempfile.TemporaryDirectory() as work:
+                photos = validation_photos(params.data.raw_dir, p.validation_photos) if pipeline else []
                 report["infra_validation"] = infra_validate(Path(p.model), name, options, inputs, reference,
-                                                            Path(work), p.max_abs_diff)
+                                                            Path(work), p.max_abs_diff, pipeline, photos)
     write_report(STAGE, report)
     return report

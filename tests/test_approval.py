@@ -15,7 +15,14 @@ from onnx import TensorProto, helper, save
 
 from components.io.checksums import sha256_file
 from components.serving.lineage import Lineage
-from components.serving.repository import CLAIM, complete_versions, publish_onnx, read_manifest, served
+from components.serving.repository import (
+    CLAIM,
+    complete_versions,
+    publish_onnx,
+    read_manifest,
+    serve_existing,
+    served,
+)
 from components.serving.store import LocalStore, open_store
 from components.serving.triton_config import ServingOptions, parse
 from flows.lock import exclusive
@@ -24,6 +31,7 @@ from flows.serving import PromotionRefused, rollback_serving, serve_champion
 from pipelines.params import Params, load_params
 
 NAME = "faceforge-embedder"
+PIPELINE = "faceforge-pipeline"
 
 
 def _onnx(path: Path, scale: float) -> Path:
@@ -71,6 +79,12 @@ def _serving(store: Any) -> tuple[list[int], str | None]:
     return now, manifest.get("lineage", {}).get("mlflow_model_version")
 
 
+def _pair(store: Any) -> tuple[list[int], list[int], int]:
+    """(embedder versions served, photo-in versions served, the embedder version the served photo-in pins)."""
+    photo_in = served(store, PIPELINE)
+    return served(store, NAME), photo_in, read_manifest(store, PIPELINE, max(photo_in))["embedder"]["version"]
+
+
 def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_are_refused(
         registry: Params, tmp_path: Path, s3: Any) -> None:
     local, remote = str(tmp_path / "serving"), "s3://models/triton"
@@ -90,6 +104,7 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
         assert _serving(store) == ([1], v1)
         manifest = read_manifest(store, NAME, 1)
         assert manifest["lineage"]["git_revision"] == "abc123" and manifest["lineage"]["gate_status"] == "pass"
+        assert _pair(store) == ([1], [1], 1)  # the photo-in model is published with it, pinned to it
     version = mlflow.MlflowClient().get_model_version(NAME, v1)
     assert version.aliases == ["champion"] and json.loads(version.tags["serving.last"])["served_versions"] == {
         local: 1, remote: 1}
@@ -103,6 +118,13 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
     assert [r["repository_version"] for r in serve_champion(registry, repositories)["repositories"]] == [2, 2]
     config = parse((Path(local) / NAME / "config.pbtxt").read_text(), "served")
     assert config.parameters["mlflow_model_version"].string_value == v2
+    assert _pair(LocalStore(Path(local))) == ([2], [2], 2)
+    # A switch interrupted between its writes (both embedder versions served, the photo-in model still on the
+    # old one) is finished by the next poll, with no upload.
+    serve_existing(LocalStore(Path(local)), NAME, 2, keep=[1])
+    serve_existing(LocalStore(Path(local)), PIPELINE, 1)
+    healed = serve_champion(registry, [local], require_champion=False)["repositories"]
+    assert [r["action"] for r in healed] == ["switched"] and _pair(LocalStore(Path(local))) == ([2], [2], 2)
 
     # The alias moved back in the UI: the old repository version is served again, nothing uploaded, and the
     # config describes the served version, not the newest one.
@@ -113,6 +135,9 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
     config = parse((Path(local) / NAME / "config.pbtxt").read_text(), "served")
     assert config.parameters["mlflow_model_version"].string_value == v1
     assert config.parameters["model_sha256"].string_value == sha256_file(tmp_path / "a.onnx")
+    # the pair moved back together: the photo-in version built for embedder 1 again, none published
+    assert _pair(LocalStore(Path(local))) == ([1], [1], 1) == _pair(open_store(remote))
+    assert complete_versions(LocalStore(Path(local)), PIPELINE) == [1, 2]
 
     # A version that failed the gate: refused, recorded once on the version, the previous champion stays.
     v3 = _register(registry, _onnx(tmp_path / "c.onnx", 3.0), passed=False)
@@ -138,6 +163,7 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
     # rollback (CLI) serves the version before and moves the champion with it, so the watcher agrees.
     back = rollback_serving(registry, repository=local)
     assert back["served_version"] == 2 and back["champion"] == v2
+    assert back["pipeline_version"] == 2 and _pair(LocalStore(Path(local))) == ([2], [2], 2)
     assert str(mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion").version) == v2
     remote_now = serve_champion(registry, repositories, require_champion=False)["repositories"]
     assert {r["repository"]: r["action"] for r in remote_now} == {local: "already_served", remote: "switched"}

@@ -41,6 +41,7 @@ NAME = "faceforge-embedder"
 POOL = "faceforge"
 POLL_S = 30  # the watcher's interval, as prefect.yaml ships it
 REPOSITORY = "s3://models/triton"
+PIPELINE = "faceforge-pipeline"
 DVC_REMOTE = "s3://dvc/store"
 
 BETTER = {"train": {"lr": 0.05, "embedding_size": 128}}  # ... trained for real, beats it at the gate
@@ -228,6 +229,35 @@ def _triton_answers(server: Any, repository_version: str, faces: np.ndarray, exp
     return np.abs(via_http - expected).max() <= 1e-5 and np.abs(via_grpc - expected).max() <= 1e-5
 
 
+def _photo_in_answers(server: Any, store: Any, project: Path, embedder_version: int, model: Path) -> bool:
+    """Triton's photo-in model serves the version pinned to ``embedder_version`` and answers a raw photo with
+    that embedder's (L2-normalised) embedding of the photo's main face."""
+    import tritonclient.http as triton_http
+
+    from components.evaluation.embedders import OnnxEmbedder, to_input
+    from components.serving.client import FaceClient
+    from components.serving.photo import PhotoFaces
+    from components.serving.repository import read_manifest, served
+    from pipelines.params import load_params
+    from pipelines.publish import pipeline_spec
+
+    photo_in = served(store, PIPELINE)
+    if len(photo_in) != 1 or read_manifest(store, PIPELINE, photo_in[0])["embedder"]["version"] != embedder_version:
+        return False
+    photo = sorted((project / "data" / "raw").rglob("*.jpg"))[0].read_bytes()
+    try:
+        loaded = triton_http.InferenceServerClient(server.http_url).get_model_metadata(PIPELINE)["versions"]
+        answer = FaceClient(server.grpc_url).embed([photo])[0]
+    except Exception:  # noqa: BLE001 - not loaded yet (or reloading): poll again
+        return False
+    spec = pipeline_spec(load_params(project / "params.yaml"))
+    assert spec is not None
+    crop = PhotoFaces(spec.detector, spec.photo)(photo).crop
+    assert crop is not None and answer.status == "ok", answer.detail
+    expected = OnnxEmbedder(model).session.run(None, {"input": to_input(crop[None])})[0][0]
+    return loaded == [str(photo_in[0])] and np.abs(answer.embedding - expected / np.linalg.norm(expected)).max() <= 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # ~12 min on 2 cores; the suite's 600 s default is for single-stage tests
 def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str, Any], tmp_path: Path) -> None:
@@ -324,6 +354,10 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         wait_for(lambda: _triton_answers(triton, "1", faces, expected_v1), 180, "Triton answering version 1 again")
         latencies["v1 answered again by Triton"] = time.monotonic() - approved
         assert complete_versions(store, NAME) == [1, 2] and served(store, NAME) == [1]
+        # The photo-in model moved with the embedder, both ways, and answers photos with version 1 again.
+        wait_for(lambda: _photo_in_answers(triton, store, project, 1, next((tmp_path / "1").rglob("model.onnx"))),
+                 120, "the photo-in model answering with version 1")
+        assert complete_versions(store, PIPELINE) == [1, 2]
     print("alias move -> served (s):", json.dumps({k: round(v, 1) for k, v in latencies.items()}))
 
     # 5. One command tells where version 1 came from and where it is served.

@@ -113,15 +113,15 @@ def test_model_names_that_escape_are_refused(bad: str) -> None:
 def test_s3_publish_and_rollback(onnx_model: Path, s3, tmp_path: Path, prefect_api: None) -> None:
     target = "s3://models/triton"
     lineage = Lineage(model_sha256=sha256_file(onnx_model), git_revision="abc")
-    first = push(open_store(target), NAME, onnx_model, PYTHON, lineage)
-    second = push(open_store(target), NAME, onnx_model, PYTHON, lineage)
-    assert (first, second) == (1, 2)
+    first = push(open_store(target), NAME, onnx_model, PYTHON, lineage, None)
+    second = push(open_store(target), NAME, onnx_model, PYTHON, lineage, None)
+    assert (first, second) == ((1, None), (2, None))
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="models")["Contents"])
     assert f"triton/{NAME}/config.pbtxt" in keys and f"triton/{NAME}/2/model.onnx" in keys
     config = s3.get_object(Bucket="models", Key=f"triton/{NAME}/config.pbtxt")["Body"].read().decode()
     assert list(parse(config, "s3").version_policy.specific.versions) == [2]
 
-    (tmp_path / "params.yaml").write_text(f"publish:\n  model_name: {NAME}\n")
+    (tmp_path / "params.yaml").write_text(f"publish:\n  model_name: {NAME}\n  pipeline_name: null\n")
     result = CliRunner().invoke(app, ["rollback", "--to", "1", "--serving-repository", target,
                                       "--workspace", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -164,7 +164,8 @@ def test_publish_stage_validates_the_candidate(onnx_model: Path, workdir: Path) 
     packed = write_tiny_faces(workdir / "packed", classes=2, per_class=4)
     shutil.copy(Path(__file__).parents[1] / "params.yaml", workdir / "params.yaml")
     args = ["publish", "--params", str(workdir / "params.yaml"), "--set", f"publish.model={onnx_model}",
-            "--set", f"pack.out_dir={packed}", "--set", "publish.validation_faces=6"]
+            "--set", f"pack.out_dir={packed}", "--set", "publish.validation_faces=6",
+            "--set", "publish.pipeline_name=null"]  # the photo-in model: tests/test_photo_serving.py
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((workdir / "reports" / "publish.json").read_text())

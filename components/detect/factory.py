@@ -30,7 +30,8 @@ class DetectorConfig:
         return Path(path)
 
 
-def _kind(config: DetectorConfig) -> str:
+def detector_kind(config: DetectorConfig) -> str:
+    """The decoder family of the configured model: ``centerface`` or ``insightface``."""
     if config.model_kind != "auto":
         return config.model_kind
     if config.model_path is None:
@@ -41,7 +42,7 @@ def _kind(config: DetectorConfig) -> str:
 
 
 def load_detector(config: DetectorConfig) -> FaceDetector:
-    cls = CenterFaceDetector if _kind(config) == "centerface" else InsightFaceDetector
+    cls = CenterFaceDetector if detector_kind(config) == "centerface" else InsightFaceDetector
     return cls(config.resolved_path, config.input_size, config.score_threshold, config.nms_threshold)
 
 

@@ -28,7 +28,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.input_name, self.output_name = config["input"][0]["name"], config["output"][0]["name"]
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # Idle ONNX Runtime threads spin by default, taking cores from the server's other models (the photo-in
+        # model's detectors) between requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
         batches = [torch.utils.dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())

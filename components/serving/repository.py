@@ -99,14 +99,20 @@ def version_files(onnx_path: Path, backend: str) -> dict[str, Path]:
 
 
 def publish_onnx(store: Store, model: str, onnx_path: Path, options: ServingOptions,
-                 metadata: dict[str, Any]) -> int:
-    """:func:`publish_version` for one ONNX model: the backend's files, the config generated from its graph."""
-    return publish_version(store, model, version_files(onnx_path, options.backend),
-                           lambda v: render(build_config(onnx_path, model, [v], options)), metadata)
+                 metadata: dict[str, Any], keep_served: bool = False) -> int:
+    """:func:`publish_version` for one ONNX model: the backend's files, the config generated from its graph.
+
+    ``keep_served``: the versions served before stay served next to the new one (a pair switch drops them
+    once the photo-in model has moved, components/serving/pipeline_version.py)."""
+    def config_for(version: int) -> str:
+        versions = [*served(store, model), version] if keep_served else [version]
+        return render(build_config(onnx_path, model, versions, options))
+
+    return publish_version(store, model, version_files(onnx_path, options.backend), config_for, metadata)
 
 
-def serve_existing(store: Store, model: str, version: int) -> int:
-    """Serve the complete version ``version`` (alone), with its own lineage in the config's parameters."""
+def serve_existing(store: Store, model: str, version: int, keep: list[int] | tuple[int, ...] = ()) -> int:
+    """Serve the complete version ``version`` (with ``keep``, else alone), its own lineage in the parameters."""
     versions = complete_versions(store, model)
     if version not in versions:
         raise ValueError(f"{store.url}/{model}: version {version} does not exist or is incomplete "
@@ -116,7 +122,7 @@ def serve_existing(store: Store, model: str, version: int) -> int:
         raise ValueError(f"{store.url}/{model}/config.pbtxt: missing, nothing is being served")
     lineage = read_manifest(store, model, version).get("lineage", {})
     source = f"{store.url}/{model}/config.pbtxt"
-    config = with_served_versions(text.decode(), [version], source)
+    config = with_served_versions(text.decode(), sorted({version, *keep}), source)
     if lineage:  # the served version's own record, not the one of whichever version was published last
         config = with_parameters(config, Lineage.from_manifest(lineage).config_parameters(), source)
     store.write(f"{model}/config.pbtxt", config.encode())
@@ -125,6 +131,11 @@ def serve_existing(store: Store, model: str, version: int) -> int:
 
 def rollback(store: Store, model: str, to: int | None = None) -> int:
     """Serve version ``to`` (default: the complete version before the one served now); returns it."""
+    return serve_existing(store, model, rollback_target(store, model, to))
+
+
+def rollback_target(store: Store, model: str, to: int | None = None) -> int:
+    """``to``, else the complete version before the one served now."""
     if to is None:
         current = served(store, model)
         older = [v for v in complete_versions(store, model) if current and v < max(current)]
@@ -132,7 +143,7 @@ def rollback(store: Store, model: str, to: int | None = None) -> int:
             raise ValueError(f"{store.url}/{model}: no earlier complete version to roll back to "
                              f"(served {current}, available {complete_versions(store, model)})")
         to = older[-1]
-    return serve_existing(store, model, to)
+    return to
 
 
 def published_version(store: Store, model: str, lineage: Lineage) -> int | None:

@@ -58,6 +58,12 @@ def pytriton_root() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+def stub_site() -> Path:
+    """Where ``make setup`` installs numpy<2 for the bundled python-backend stub (infra/triton/stub-requirements.txt):
+    the stub was built against numpy 1.x, and bytes tensors (TYPE_STRING) only exist as numpy object arrays."""
+    return Path(sys.prefix) / "triton-stub"
+
+
 class TritonServer:
     """``with TritonServer(repo) as server:`` -> ready server; ``server.http_url`` / ``server.grpc_url``."""
 
@@ -93,6 +99,8 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(libs), env.get("LD_LIBRARY_PATH")) if p)
         env["PYTHONHOME"] = sys.base_prefix
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+        if stub_site().is_dir():  # numpy<2 for the stub's bytes tensors (components/serving/pipeline_model.py)
+            env["FACEFORGE_STUB_SITE"] = str(stub_site())
         return env
 
     def __enter__(self) -> TritonServer:
@@ -119,7 +127,15 @@ class TritonServer:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
+        # Closed once ready: an idle keep-alive connection makes Triton's shutdown wait its full exit timeout.
         client = triton_http.InferenceServerClient(self.http_url)
+        try:
+            self._poll_ready(client)
+        finally:
+            client.close()
+
+    def _poll_ready(self, client: triton_http.InferenceServerClient) -> None:
+        assert self._process is not None
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -132,6 +148,13 @@ class TritonServer:
                 pass
             time.sleep(0.25)
         raise TritonError(f"tritonserver not ready after {self.timeout:.0f} s:\n{self.errors()}")
+
+    @property
+    def pid(self) -> int:
+        """The tritonserver process (its python-backend stubs are its children)."""
+        if self._process is None:
+            raise TritonError("tritonserver is not running")
+        return self._process.pid
 
     def log(self) -> str:
         return self._log.read_text(errors="replace") if self._log and self._log.exists() else ""

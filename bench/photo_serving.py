@@ -34,6 +34,7 @@ import pandas as pd
 import tritonclient.grpc as triton_grpc
 from PIL import Image
 
+from bench.threads import run_concurrently
 from components.evaluation.embedders import OnnxEmbedder, to_input
 from components.io.images import read_rgb
 from components.serving.client import FaceClient
@@ -76,13 +77,7 @@ def _run(call: Callable[[int, int], bool], concurrency: int, requests: int) -> d
                 if failure:
                     errors.append(failure)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_concurrently(worker, concurrency)
     ms = np.asarray(latencies) * 1000
     return {"requests": len(ms), "per_s": round(len(ms) / elapsed, 2), "p50_ms": round(float(np.median(ms)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": len(errors), "error_examples": errors[:3]}

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as triton_grpc
 
+from bench.threads import run_concurrently
 from components.evaluation.embedders import OnnxEmbedder, to_input
 from components.evaluation.verification import load_bin
 from components.serving.repository import publish_onnx
@@ -43,13 +43,7 @@ def _load(call, faces: np.ndarray, concurrency: int) -> dict[str, float]:
             latencies[k].append(time.perf_counter() - t)
             i += concurrency
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_concurrently(worker, concurrency)
     ms = np.concatenate([np.asarray(x) for x in latencies]) * 1000
     return {"images_per_s": round(len(ms) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "requests": len(ms)}

@@ -34,12 +34,12 @@ NAME = "faceforge-embedder"
 PIPELINE = "faceforge-pipeline"
 
 
-def _onnx(path: Path, scale: float) -> Path:
-    """A distinct tiny embedder per ``scale`` (different bytes, different SHA-256)."""
+def _onnx(path: Path, scale: float, size: int = 4) -> Path:
+    """A distinct tiny embedder per ``scale`` (different bytes, different SHA-256), ``size``-d."""
     weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [scale])
     graph = helper.make_graph([helper.make_node("Mul", ["input", "w"], ["embedding"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 4])], [weight])
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", size])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", size])], [weight])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -113,7 +113,7 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
     assert [r["action"] for r in again["repositories"]] == ["already_served"] * 2
     assert complete_versions(LocalStore(Path(local)), NAME) == [1]
 
-    v2 = _register(registry, _onnx(tmp_path / "b.onnx", 2.0), passed=True)
+    v2 = _register(registry, _onnx(tmp_path / "b.onnx", 2.0, size=8), passed=True)  # a wider embedding
     _approve(v2)
     assert [r["repository_version"] for r in serve_champion(registry, repositories)["repositories"]] == [2, 2]
     config = parse((Path(local) / NAME / "config.pbtxt").read_text(), "served")
@@ -135,6 +135,7 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
     config = parse((Path(local) / NAME / "config.pbtxt").read_text(), "served")
     assert config.parameters["mlflow_model_version"].string_value == v1
     assert config.parameters["model_sha256"].string_value == sha256_file(tmp_path / "a.onnx")
+    assert list(config.output[0].dims) == [4]  # version 1's own tensors, not version 2's config
     # the pair moved back together: the photo-in version built for embedder 1 again, none published
     assert _pair(LocalStore(Path(local))) == ([1], [1], 1) == _pair(open_store(remote))
     assert complete_versions(LocalStore(Path(local)), PIPELINE) == [1, 2]

@@ -28,6 +28,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from components.io.checksums import sha256_file
 from components.serving.lineage import Lineage
 from components.serving.repository import (
+    MANIFEST,
     complete_versions,
     publish_version,
     read_manifest,
@@ -69,12 +70,13 @@ def shipped_sources() -> dict[str, Path]:
 
 
 def _embedder_facts(store: Store, embedder: str, version: int) -> dict[str, object]:
-    """Names, shapes and checksum of embedder ``version`` as its config and manifest state them."""
-    text = store.read(f"{embedder}/config.pbtxt")
-    if text is None:
-        raise ValueError(f"{store.url}/{embedder}/config.pbtxt: missing, the embedder is not published")
-    config = parse(text.decode(), f"{store.url}/{embedder}/config.pbtxt")
+    """Names, shapes and checksum of embedder ``version`` as its manifest states them (the config it was
+    published with; the repository's current config for versions from before manifests kept one)."""
     manifest = read_manifest(store, embedder, version)
+    text = manifest.get("config") or (store.read(f"{embedder}/config.pbtxt") or b"").decode()
+    if not text:
+        raise ValueError(f"{store.url}/{embedder}/config.pbtxt: missing, the embedder is not published")
+    config = parse(text, f"{store.url}/{embedder}/{version}/{MANIFEST}")
     return {"model": embedder, "version": version, "sha256": manifest["sha256"]["model.onnx"],
             "input": config.input[0].name, "output": config.output[0].name,
             "embedding_size": int(config.output[0].dims[-1]), "max_batch_size": int(config.max_batch_size) or 1}

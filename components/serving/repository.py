@@ -8,7 +8,8 @@ Layout: ``<model>/config.pbtxt`` and ``<model>/<version>/{model.onnx, model.py?,
   complete). Only then is ``config.pbtxt`` rewritten to serve it: Triton (``version_policy: specific``) never
   sees a half-uploaded version. Any failure deletes the partial version, leaving the repository as it was.
 - Serving an existing version again (rollback, or the registry's champion moved back) rewrites only the
-  config: the version policy, and the lineage parameters from that version's own manifest. Nothing is deleted.
+  config: the one that version was published with (kept in its manifest), its version policy and lineage
+  parameters from that manifest. Nothing is deleted.
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def publish_version(store: Store, model: str, files: dict[str, Path], config_for
             if stored != expected:
                 raise StoreError(f"{store.url}/{prefix}{name}: stored checksum {stored[:12]} != {expected[:12]}")
             checksums[name] = expected
-        manifest = {"version": version, "sha256": checksums, **metadata}
+        config = config_for(version)
+        # The config this version was published with (its tensors, batching): serving it again later starts
+        # from it, not from whichever version's config is in place then (their tensors may differ).
+        manifest = {"version": version, "sha256": checksums, "config": config, **metadata}
         store.write(prefix + MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        store.write(f"{model}/config.pbtxt", config_for(version).encode())
+        store.write(f"{model}/config.pbtxt", config.encode())
     except BaseException:
         store.delete_prefix(prefix)  # a partial version must not linger as if it were a candidate
         raise
@@ -117,12 +121,13 @@ def serve_existing(store: Store, model: str, version: int, keep: list[int] | tup
     if version not in versions:
         raise ValueError(f"{store.url}/{model}: version {version} does not exist or is incomplete "
                          f"(available {versions})")
-    text = store.read(f"{model}/config.pbtxt")
-    if text is None:
+    manifest = read_manifest(store, model, version)
+    text = manifest.get("config") or (store.read(f"{model}/config.pbtxt") or b"").decode()
+    if not text:
         raise ValueError(f"{store.url}/{model}/config.pbtxt: missing, nothing is being served")
-    lineage = read_manifest(store, model, version).get("lineage", {})
+    lineage = manifest.get("lineage", {})
     source = f"{store.url}/{model}/config.pbtxt"
-    config = with_served_versions(text.decode(), sorted({version, *keep}), source)
+    config = with_served_versions(text, sorted({version, *keep}), source)
     if lineage:  # the served version's own record, not the one of whichever version was published last
         config = with_parameters(config, Lineage.from_manifest(lineage).config_parameters(), source)
     store.write(f"{model}/config.pbtxt", config.encode())

@@ -17,14 +17,11 @@ Writes ``reports/bench/photo_serving.json``.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import tritonclient.grpc as triton_grpc
-from PIL import Image
 
 from bench.threads import run_concurrently
 from components.evaluation.embedders import OnnxEmbedder, to_input
@@ -45,6 +41,7 @@ from components.serving.triton_config import ServingOptions
 from components.serving.triton_server import TritonServer
 from pipelines.params import load_params
 from pipelines.publish import pipeline_spec, push
+from tests.bad_inputs import png_with_claimed_size
 
 OUT = Path("reports/bench/photo_serving.json")
 MODEL, RAW, ALIGNED = Path("data/export/model.onnx"), Path("data/raw"), Path("data/aligned")
@@ -106,12 +103,7 @@ def _tree_rss_mb(pid: int) -> float:
 
 
 def _bad_photos(good: bytes) -> list[bytes]:
-    buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, "PNG")
-    bomb = bytearray(buf.getvalue())
-    bomb[16:24] = struct.pack(">II", 20000, 20000)
-    bomb[29:33] = struct.pack(">I", zlib.crc32(bytes(bomb[12:29])))
-    return [b"", good[: len(good) // 3], bytes(bomb), b"this is not an image\n"]
+    return [b"", good[: len(good) // 3], png_with_claimed_size(20000, 20000), b"this is not an image\n"]
 
 
 def main() -> None:
@@ -127,13 +119,13 @@ def main() -> None:
         "backend": "python (bundled Triton): photo-in model with BLS into the embedder, both ONNX Runtime on CPU",
         "goal": "photo-in Triton >= 0.9x direct in one process at concurrency 8; 0 errors; soak memory flat"}
 
-    detector, embedder = PhotoFaces(spec.detector, spec.photo), OnnxEmbedder(MODEL).session
+    detector, embedder = PhotoFaces(spec.detector, spec.photo), OnnxEmbedder(MODEL)
 
     def direct(k: int, i: int) -> bool:
         face = detector(photos[i % len(photos)])
         if face.crop is None:
             return False
-        embedder.run(None, {"input": to_input(face.crop[None])})
+        embedder(face.crop[None])
         return True
 
     options = ServingOptions(backend="python", max_batch_size=params.publish.max_batch_size,
@@ -167,7 +159,7 @@ def main() -> None:
                 print(concurrency, json.dumps(row), flush=True)
 
             served = FaceClient(server.grpc_url).embed(photos)
-            stored = OnnxEmbedder(MODEL).session.run(None, {"input": faces_in})[0]
+            stored = embedder(crops)
             stored /= np.linalg.norm(stored, axis=1, keepdims=True)
             cosine = np.einsum("nd,nd->n", stored, np.stack([s.embedding for s in served]))
             results["served_vs_stored_jpeg_crop_cosine"] = {

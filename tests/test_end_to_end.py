@@ -234,7 +234,7 @@ def _photo_in_answers(server: Any, store: Any, project: Path, embedder_version: 
     that embedder's (L2-normalised) embedding of the photo's main face."""
     import tritonclient.http as triton_http
 
-    from components.evaluation.embedders import OnnxEmbedder, to_input
+    from components.evaluation.embedders import OnnxEmbedder
     from components.serving.client import FaceClient
     from components.serving.photo import PhotoFaces
     from components.serving.repository import read_manifest, served
@@ -254,7 +254,7 @@ def _photo_in_answers(server: Any, store: Any, project: Path, embedder_version: 
     assert spec is not None
     crop = PhotoFaces(spec.detector, spec.photo)(photo).crop
     assert crop is not None and answer.status == "ok", answer.detail
-    expected = OnnxEmbedder(model).session.run(None, {"input": to_input(crop[None])})[0][0]
+    expected = OnnxEmbedder(model)(crop[None])[0]
     return loaded == [str(photo_in[0])] and np.abs(answer.embedding - expected / np.linalg.norm(expected)).max() <= 1e-5
 
 

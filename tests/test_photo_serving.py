@@ -18,7 +18,7 @@ import tritonclient.http as triton_http
 import yaml
 from typer.testing import CliRunner
 
-from components.evaluation.embedders import OnnxEmbedder, to_input
+from components.evaluation.embedders import OnnxEmbedder
 from components.export import export_onnx
 from components.models import get_model
 from components.recordio.insightface import FaceRecordDataset
@@ -118,8 +118,7 @@ def test_photo_in_embedding_equals_the_stages_crop_embedding(served: dict[str, A
         crops.append(crop)
         np.testing.assert_allclose(answers[row.path].bbox, row.bbox, atol=1e-3)
         np.testing.assert_allclose(answers[row.path].landmarks, row.landmarks, atol=1e-3)
-    embedder = OnnxEmbedder(root / "model.onnx")
-    expected = embedder.session.run(None, {"input": to_input(np.stack(crops))})[0]
+    expected = OnnxEmbedder(root / "model.onnx")(np.stack(crops))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     served_rows = np.stack([answers[p].embedding for p in stages.path])
     assert len(crops) >= 40

@@ -15,7 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from components.align.model_input import to_input
 from components.models.loading import load_backbone
+
+__all__ = ["Embedder", "OnnxEmbedder", "TorchEmbedder", "embed_batches", "load_embedder", "to_input"]
 
 
 class Embedder(Protocol):
@@ -24,11 +27,6 @@ class Embedder(Protocol):
     def __call__(self, faces: np.ndarray) -> np.ndarray:
         """uint8 [N, 112, 112, 3] RGB -> float32 [N, D], not normalised."""
         ...
-
-
-def to_input(faces: np.ndarray) -> np.ndarray:
-    """uint8 NHWC RGB -> float32 NCHW in [-1, 1], the layout and scaling the backbones were trained on."""
-    return (faces.transpose(0, 3, 1, 2).astype(np.float32) / 127.5) - 1.0
 
 
 class TorchEmbedder:

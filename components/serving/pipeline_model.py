@@ -29,6 +29,7 @@ if os.environ.get("FACEFORGE_STUB_SITE"):
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from components.align.model_input import to_input  # noqa: E402
 from components.serving.photo import PhotoFace, PhotoFaces, PhotoSettings  # noqa: E402
 
 
@@ -53,7 +54,7 @@ class TritonPythonModel:
         out = []
         step = max(1, int(self.embedder["max_batch_size"]))
         for start in range(0, len(crops), step):
-            batch = np.stack(crops[start:start + step]).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+            batch = to_input(np.stack(crops[start:start + step]))
             request = pb_utils.InferenceRequest(
                 model_name=self.embedder["model"], model_version=int(self.embedder["version"]),
                 requested_output_names=[self.embedder["output"]],

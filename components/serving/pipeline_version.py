@@ -34,6 +34,7 @@ from components.serving.repository import (
     read_manifest,
     serve_existing,
     served,
+    version_config,
 )
 from components.serving.store import Store
 from components.serving.triton_config import parse, render
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # the photo code (OpenCV, ONNX Runtime) runs inside Triton, n
     from components.serving.photo import PhotoSettings
 
 PIPELINE_MODEL = Path(__file__).with_name("pipeline_model.py")
+SHIPPED_MODULES = ("components.serving.photo", "components.align.model_input")  # what PIPELINE_MODEL imports
 _STRING_OUTPUTS = ("status", "detail")
 
 
@@ -60,12 +62,11 @@ class PipelineSpec:
 def shipped_sources() -> dict[str, Path]:
     """``components/...`` files the photo code imports, found by importing it in a fresh interpreter (what the
     stub will import, nothing the publishing process happened to load)."""
-    program = ("import sys, components.serving.photo\n"
+    program = (f"import sys, {', '.join(SHIPPED_MODULES)}\n"
                "print('\\n'.join(m.__file__ for n, m in sorted(sys.modules.items())\n"
                "                 if (n == 'components' or n.startswith('components.')) and m.__file__))")
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
     root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=root)
     return {str(Path(f).resolve().relative_to(root)): Path(f) for f in out.stdout.split()}
 
 
@@ -73,10 +74,7 @@ def _embedder_facts(store: Store, embedder: str, version: int) -> dict[str, obje
     """Names, shapes and checksum of embedder ``version`` as its manifest states them (the config it was
     published with; the repository's current config for versions from before manifests kept one)."""
     manifest = read_manifest(store, embedder, version)
-    text = manifest.get("config") or (store.read(f"{embedder}/config.pbtxt") or b"").decode()
-    if not text:
-        raise ValueError(f"{store.url}/{embedder}/config.pbtxt: missing, the embedder is not published")
-    config = parse(text, f"{store.url}/{embedder}/{version}/{MANIFEST}")
+    config = parse(version_config(store, embedder, manifest), f"{store.url}/{embedder}/{version}/{MANIFEST}")
     return {"model": embedder, "version": version, "sha256": manifest["sha256"]["model.onnx"],
             "input": config.input[0].name, "output": config.output[0].name,
             "embedding_size": int(config.output[0].dims[-1]), "max_batch_size": int(config.max_batch_size) or 1}

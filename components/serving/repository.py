@@ -122,16 +122,22 @@ def serve_existing(store: Store, model: str, version: int, keep: list[int] | tup
         raise ValueError(f"{store.url}/{model}: version {version} does not exist or is incomplete "
                          f"(available {versions})")
     manifest = read_manifest(store, model, version)
-    text = manifest.get("config") or (store.read(f"{model}/config.pbtxt") or b"").decode()
-    if not text:
-        raise ValueError(f"{store.url}/{model}/config.pbtxt: missing, nothing is being served")
     lineage = manifest.get("lineage", {})
     source = f"{store.url}/{model}/config.pbtxt"
-    config = with_served_versions(text, sorted({version, *keep}), source)
+    config = with_served_versions(version_config(store, model, manifest), sorted({version, *keep}), source)
     if lineage:  # the served version's own record, not the one of whichever version was published last
         config = with_parameters(config, Lineage.from_manifest(lineage).config_parameters(), source)
     store.write(f"{model}/config.pbtxt", config.encode())
     return version
+
+
+def version_config(store: Store, model: str, manifest: dict[str, Any]) -> str:
+    """The config a version was published with (in its manifest); the repository's current one for versions
+    published before manifests kept it."""
+    text = manifest.get("config") or (store.read(f"{model}/config.pbtxt") or b"").decode()
+    if not text:
+        raise ValueError(f"{store.url}/{model}/config.pbtxt: missing, nothing is being served")
+    return text
 
 
 def rollback(store: Store, model: str, to: int | None = None) -> int:

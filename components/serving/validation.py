@@ -43,18 +43,17 @@ def check_pipeline(server: TritonServer, spec: PipelineSpec, onnx_path: Path, ph
                    max_abs_diff: float) -> dict[str, Any]:
     """Raw photos through the photo-in model (gRPC and HTTP) against the same photo code and ONNX model run in
     this process: same statuses, same faces, embeddings within ``max_abs_diff``."""
-    from components.evaluation.embedders import OnnxEmbedder, to_input
+    from components.evaluation.embedders import OnnxEmbedder
     from components.serving.client import FaceClient
     from components.serving.photo import PhotoFaces
 
     faces = PhotoFaces(spec.detector, spec.photo)
-    local = [faces(p.read_bytes(), str(p)) for p in photos]
+    data = [p.read_bytes() for p in photos]
+    local = [faces(d, str(p)) for p, d in zip(photos, data, strict=True)]
     crops = [f.crop for f in local if f.crop is not None]
-    embedder = OnnxEmbedder(onnx_path)
-    expected = embedder.session.run(None, {embedder.input_name: to_input(np.stack(crops))})[0] if crops else None
+    expected = OnnxEmbedder(onnx_path)(np.stack(crops)) if crops else None
     if expected is not None:
         expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)
-    data = [p.read_bytes() for p in photos]
     worst = 0.0
     for url, protocol in ((server.grpc_url, "grpc"), (server.http_url, "http")):
         served = FaceClient(url, protocol, spec.name).embed(data)  # type: ignore[arg-type]

@@ -2,9 +2,11 @@
 
 Both launchers run ``components.training.loop.train_worker`` on 2 gloo workers over the demo's packed
 faces, 16 steps logged every 4; samples/s is the mean of the logging windows after the first (warm-up:
-lazy imports, allocator, first gloo rendezvous excluded). Each launcher runs twice, alternating, and the
-overhead is the median over the (Ray, plain) pairs: one pair's figure moves by several percent on a 2-core
-machine. Writes ``reports/bench/train_e2e.json``. Run after ``make demo``.
+lazy imports, allocator, first gloo rendezvous excluded). Each launcher runs three times, alternating, and
+the overhead is the median over the (Ray, plain) pairs: one pair's figure moves by several percent on a
+2-core machine. Every run is a fresh process, as ``faceforge train`` is: a local Ray left running by an
+earlier run would take CPU from the next run (and its wall time, start-up and shutdown included, is
+recorded too). Writes ``reports/bench/train_e2e.json``. Run after ``make demo``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +31,7 @@ from components.training.sessions import LocalSession
 
 OUT = Path("reports/bench/train_e2e.json")
 DATA = Path("data/packed")
-STEPS, PAIRS = 16, 2  # steps per run (logged every 4, the first window is warm-up); Ray/plain pairs per backbone
+STEPS, PAIRS = 16, 3  # steps per run (logged every 4, the first window is warm-up); Ray/plain pairs per backbone
 
 
 def _steady(history: list[dict]) -> float:
@@ -57,19 +62,31 @@ def _rates(backbone: str, launcher: str) -> float:
         return _steady(json.loads(Path(tmp, "history.json").read_text()))
 
 
+def _fresh_run(backbone: str, launcher: str) -> tuple[float, float]:
+    """(steady samples/s, wall seconds of the whole process) of one run in a process of its own."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bench.train_e2e", launcher, backbone], capture_output=True,
+                          text=True, check=True)
+    return round(float(done.stdout.strip().splitlines()[-1]), 2), round(time.perf_counter() - start, 1)
+
+
 def main() -> None:
     results = {}
     for backbone in ("mbf", "r18"):
         # Alternating order (ray, plain, plain, ray, ...) so that a machine drifting during the measurement
         # weighs on both launchers alike; the overhead is the median over the pairs.
         runs: dict[str, list[float]] = {"ray": [], "plain": []}
+        walls: dict[str, list[float]] = {"ray": [], "plain": []}
         for pair in range(PAIRS):
             for launcher in (("ray", "plain") if pair % 2 == 0 else ("plain", "ray")):
-                runs[launcher].append(round(_rates(backbone, launcher), 2))
+                rate, wall = _fresh_run(backbone, launcher)
+                runs[launcher].append(rate)
+                walls[launcher].append(wall)
         overheads = [plain / ray - 1 for ray, plain in zip(runs["ray"], runs["plain"], strict=True)]
         results[backbone] = {"ray_samples_per_s": runs["ray"], "plain_samples_per_s": runs["plain"],
                              "ray_overhead_fraction_per_pair": [round(o, 4) for o in overheads],
-                             "ray_overhead_fraction_median": round(statistics.median(overheads), 4)}
+                             "ray_overhead_fraction_median": round(statistics.median(overheads), 4),
+                             "ray_process_wall_s": walls["ray"], "plain_process_wall_s": walls["plain"]}
         print(backbone, results[backbone], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"device": "cpu", "cpus": os.cpu_count(), "workers": 2, "batch_per_worker": 32,
@@ -77,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3:  # one run: launcher, backbone
+        print(_rates(sys.argv[2], sys.argv[1]))
+    else:
+        main()

@@ -45,6 +45,10 @@ def connect(address: str | None = None) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "10")
+        # Ray starts its workers at niceness 15, so that on a cluster node its own daemons keep priority; on a
+        # user's machine the workers are the job, and at 15 they yield to every other process there (and so
+        # do their data-loader processes), which the plain-process runs of bench/train_e2e.py never do.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
     if ray.is_initialized():

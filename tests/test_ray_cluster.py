@@ -126,11 +126,14 @@ def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path: Path) -> None
 
 def test_local_ray_runs_in_this_environment_without_the_uv_hook() -> None:
     """Under `uv run` (make demo, make test) Ray's uv hook would build a second virtualenv for the workers on
-    every run; Ray reads its switch when imported, so ``connect`` sets it before importing Ray."""
-    code = ("from components.ray_cluster import connect; connect(); "
-            "from ray._private import ray_constants; print(ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV)")
+    every run; Ray reads its switch when imported, so ``connect`` sets it before importing Ray. A local run's
+    workers are not niced below the driver."""
+    code = ("import os; from components.ray_cluster import connect; connect(); "
+            "import ray; from ray._private import ray_constants; "
+            "print(ray.get(ray.remote(lambda: os.nice(0)).remote()), ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV)")
     env = {k: v for k, v in quiet_env().items() if k not in ("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "RAY_ADDRESS")}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False"
+    # ... and its workers run at the driver's niceness, not Ray's 15 for cluster nodes
+    assert done.stdout.strip().splitlines()[-1] == "0 False"

@@ -193,6 +193,8 @@ class QuantizeParams(_Section):
     method: Literal["minmax", "entropy", "percentile"] = "percentile"
     per_channel: bool = True
     keep_edges_float: bool = Field(True, description="first conv and embedding projection stay float")
+    decompose_prelu: bool = Field(True, description="PReLU rewritten as Mul/Relu/Add, which have integer "
+                                  "kernels, instead of staying a float op between Q/DQ nodes")
     seed: int = 0
     far: Rate = Field(1e-4, description="the FAR whose TAR drop is checked (IJB-C set of eval params)")
     max_accuracy_drop: float = Field(0.01, description="largest allowed verification-accuracy drop (fraction)")

@@ -83,7 +83,7 @@ def run(params: Params) -> dict[str, Any]:
         faces = sample_faces(params.pack.out_dir, q.calibration_faces, q.seed)
         int8_path = tmp / "model.int8.onnx"
         report["quantization"] = quantize_int8(Path(q.model), int8_path, faces, q.method, q.per_channel,
-                                               q.keep_edges_float)
+                                               q.keep_edges_float, decompose_prelu=q.decompose_prelu)
         fp32, fp32_feats = _measure(OnnxEmbedder(q.model), params)
         int8, int8_feats = _measure(OnnxEmbedder(int8_path), params)
         report.update(fp32=fp32, int8=int8)

@@ -18,6 +18,7 @@ from components.evaluation.embedders import OnnxEmbedder, TorchEmbedder
 from components.evaluation.verification import load_bin
 from components.export import INPUT, OUTPUT, agreement, export_onnx, quantize_int8, to_fp16
 from components.export.onnx_export import _prelu_slopes_for_tensorrt
+from components.export.quantize import prelu_as_integer_ops
 from components.models import get_model
 from components.recordio.insightface import FaceRecordDataset
 from components.training.batchnorm import recalibrate_batchnorm
@@ -86,6 +87,20 @@ def test_rank_one_prelu_slopes_are_reshaped() -> None:
                                   np.array([0.1, 0.2, 0.3], np.float32))
 
 
+def test_prelu_rewrite_computes_the_same_function(trained_like: Path, eval_sets: Path, tmp_path: Path) -> None:
+    """The INT8 path rewrites PReLU as a·x + (1-a)·relu(x); in float that must be the model it was given."""
+    export_onnx(TorchEmbedder.from_dir(trained_like).model, tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    prelus = sum(n.op_type == "PRelu" for n in model.graph.node)
+    assert prelus > 0 and prelu_as_integer_ops(model) == prelus
+    assert not any(n.op_type == "PRelu" for n in model.graph.node)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "rewritten.onnx"))
+    faces = _faces(eval_sets)
+    before, after = OnnxEmbedder(tmp_path / "m.onnx")(faces), OnnxEmbedder(tmp_path / "rewritten.onnx")(faces)
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)
+
+
 def test_quantize_needs_real_calibration_faces(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibration set is empty"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", np.zeros((0, 112, 112, 3), np.uint8))
@@ -122,6 +137,7 @@ def test_export_and_quantize_stages(trained_like: Path, packed: Path, eval_sets:
     assert result.exit_code == 0, result.output
     report = json.loads((workdir / "reports" / "quantize.json").read_text())
     assert report["passed"] is True and report["quantization"]["quantized_ops"] > 0
+    assert report["quantization"]["decomposed_prelu"] > 0  # no PReLU left as a float op between Q/DQ nodes
     assert set(report["drop"]) == {"holdout.accuracy", "ijbc.tar_at_far_1e-1"}
     assert 0 < report["embedding_agreement"]["mean_cosine"] <= 1
     speed = report["speed"]
@@ -132,6 +148,7 @@ def test_export_and_quantize_stages(trained_like: Path, packed: Path, eval_sets:
     out = workdir / "data" / "quantize"
     int8 = out / "model.int8.onnx"
     assert report["sha256"]["int8"] == _sha(int8)
+    assert not any(n.op_type == "PRelu" for n in onnx.load(str(int8)).graph.node)
     # within the accuracy limits and fast enough (a 0.01x floor): INT8 is the variant served
     assert report["serve"] == "int8" and "min_speedup 0.01" in report["serve_reasons"][0]
     assert _sha(out / "model.onnx") == _sha(int8)

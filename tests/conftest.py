@@ -28,7 +28,12 @@ def sample_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
-    """A throw-away Prefect API (temporary database) for tests that run flows, instead of the user's own."""
+    """A throw-away Prefect API (temporary database) for tests that run flows, instead of the user's own.
+
+    Prefect binds its console log handler to ``sys.stderr`` when ``prefect.main`` is first imported. Import
+    it here, or a test whose first flow runs inside ``CliRunner.invoke`` binds it to that runner's stream,
+    which is closed afterwards: the next command's Prefect logs then fail recursively."""
+    import prefect.main  # noqa: F401
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -37,12 +37,12 @@ METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entr
 class FaceCalibrationReader(CalibrationDataReader):
     """Feeds uint8 faces to the calibrator in the model's input layout, in equal batches, one per call.
 
-    ONNX Runtime's histogram calibrators stack the collected batches, so a short last batch breaks them:
-    the remainder beyond a whole number of batches is left out (``used`` says how many faces were fed).
-    They also keep every activation of every batch they are fed in one call (r50: 96 MiB a face), which for
-    r50 at 256 faces is more than this machine's 24 GiB; ``quantize_static`` feeds a reader with
-    ``__len__``/``set_range`` one batch per call (``CalibStridedMinMax``) and merges the histograms. Measured
-    on r50 with 256 faces: 4.4 GB peak and 168 s, against 10.4 GB and 197 s four batches per call.
+    The remainder beyond a whole number of batches is left out (``used`` says how many faces were fed).
+    ONNX Runtime's histogram calibrators stack every activation of every batch fed in one call (r50: 96 MiB
+    a face), which for r50 at 256 faces is more than this machine's 24 GiB; ``quantize_static`` feeds a
+    reader with ``__len__``/``set_range`` one batch per call (``CalibStridedMinMax``) and merges the
+    histograms. Measured on r50 with 256 faces: 4.4 GB peak and 168 s, against 10.4 GB and 197 s four
+    batches per call.
     """
 
     def __init__(self, faces: np.ndarray, batch: int = 16) -> None:

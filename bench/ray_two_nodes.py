@@ -26,7 +26,7 @@ import yaml
 from ray._common.utils import get_ray_address_file
 
 from components.serving.triton_server import free_port
-from tests.servers import alive_ray_nodes, quiet_env, ray_node, wait_for
+from tests.servers import alive_ray_nodes, ray_node, server_env, wait_for
 
 OUT = Path("reports/bench/ray_two_nodes.json")
 STEPS, CHECKPOINT_EVERY = 16, 4
@@ -102,7 +102,7 @@ def _measure() -> None:
         shutil.copytree(Path("data/packed"), project / "data" / "packed")
         shutil.copy("params.yaml", project / "params.yaml")
         (project / "reports").mkdir()
-        env = quiet_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        env = server_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         env.pop("RAY_ADDRESS", None)
         backbone = yaml.safe_load(Path("params.yaml").read_text())["train"]["backbone"]
         report: dict = {"steps": STEPS, "workers": 2, "batch_per_worker": 16, "backbone": backbone}

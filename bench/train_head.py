@@ -36,7 +36,7 @@ def _faceforge(classes: int, rate: float) -> tuple[torch.nn.Module, torch.optim.
 
     head = PartialFC(ArcFace(), D, classes, sample_rate=rate)
     optimizer = LazySGD([head.weight], lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    head.row_reader = lambda rows: optimizer.read_rows(head.weight, rows)
+    head.attach_row_reader(lambda rows: optimizer.read_rows(head.weight, rows))
     return head, optimizer
 
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from components import env_defaults
+
 CONNECT_TIMEOUT_S = 20
 
 
@@ -30,11 +32,7 @@ def connect(address: str | None = None) -> None:
     """Without ``RAY_ADDRESS``: always a fresh local instance (never a cluster a dead ``ray start`` left in
     Ray's address file). With it: fail within seconds, naming the address, when nothing answers there."""
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
-    # Ray's uv hook would build a second virtualenv for the workers on every run when the driver runs under
-    # `uv run`; the workers use this interpreter's environment on one machine, the cluster image's on a
-    # cluster (whose nodes have no internet to build one): README "Training on a Ray cluster". Ray reads
-    # this when it is imported, hence before the import.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Ray's uv hook is off from the moment `components` is imported (components/env_defaults.py).
     # Progress is the loop's own print, once per log_every: plain stdout forwarded once (Ray Train's print
     # patch would log every line a second time); Ray's own logs only at ERROR (and ray_runner's RunConfig).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -62,6 +60,10 @@ def connect(address: str | None = None) -> None:
             raise ClusterUnreachable(f"the Ray cluster at RAY_ADDRESS={address} is unreachable ({exc})") from None
     # Every process of the job logs at ERROR: with the dashboard off, Ray Train's PlacementGroupCleaner warns
     # every few seconds that the State API is unavailable (it watches the run's controller through it).
+    if address and address != "local" and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in env_defaults.applied:
+        # this process started in single-machine mode (its node IP is 127.0.0.1): it cannot join a cluster
+        raise ValueError(f"RAY_ADDRESS={address} was set after this process started without it: "
+                         "set RAY_ADDRESS before starting faceforge")
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, logging_level="ERROR",
              logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
 

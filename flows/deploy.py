@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import serve
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.promote import promote, rollback
 from flows.retrain import retrain
@@ -49,7 +50,13 @@ def serve_flows(cron: str, poll_s: int, workspace: str, backend: str | None = No
         serve(*deployments(cron, poll_s, workspace, backend))
         return
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
-    with prefect_server(home, port, home, ui=True) as server:
-        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # this process and its flow runs
+    # The server stops with serve-flows however serve-flows is stopped: Ctrl-C, or SIGTERM from systemd,
+    # Docker or a test (which Prefect's runner takes as its own shutdown signal), or SIGKILL.
+    with prefect_server(home, port, home, ui=True, stop_with_parent=True) as server:
+        url = f"http://127.0.0.1:{port}/api"
+        os.environ["PREFECT_API_URL"] = url  # the flow runs' subprocesses
         print(f"Prefect server (pid {server.process.pid}) on http://127.0.0.1:{port}, log {server.log}", flush=True)
-        serve(*deployments(cron, poll_s, workspace, backend))
+        # Prefect read its settings when imported, without an API URL: the runner would start a temporary
+        # server of its own and register the deployments there, where this server's UI never shows them.
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            serve(*deployments(cron, poll_s, workspace, backend))

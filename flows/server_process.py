@@ -33,15 +33,21 @@ class ServerProcess:
     """One server: started, waited for until ``ready()`` holds, stopped or killed by its process id."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
-                 ready: Callable[[], bool], startup_timeout_s: float = 180.0, cwd: Path | None = None) -> None:
+                 ready: Callable[[], bool], startup_timeout_s: float = 180.0, cwd: Path | None = None,
+                 stop_with_parent: bool = False) -> None:
+        """``stop_with_parent``: the server gets SIGTERM when this process dies, by any signal (Linux; see
+        flows/parent_guard.py), not only when it exits through ``stop``."""
         self.name, self.command, self.env, self.log, self.ready = name, command, env, log, ready
-        self.timeout, self.cwd = startup_timeout_s, cwd
+        self.timeout, self.cwd, self.stop_with_parent = startup_timeout_s, cwd, stop_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command
+        if self.stop_with_parent and sys.platform == "linux":
+            command = [sys.executable, "-m", "flows.parent_guard", str(os.getpid()), *command]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.cwd, start_new_session=True)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
@@ -89,12 +95,13 @@ class ServerProcess:
         self.stop()
 
 
-def prefect_server(home: Path, port: int, logs: Path, ui: bool = False) -> ServerProcess:
+def prefect_server(home: Path, port: int, logs: Path, ui: bool = False,
+                   stop_with_parent: bool = False) -> ServerProcess:
     """``prefect server start`` on 127.0.0.1 with its default SQLite database under ``home``."""
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED=str(ui).lower(),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # analytics: this process's own setting, off unless the user turned it on (flows/__init__.py)
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED=str(ui).lower())
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).parent / "prefect"
     return ServerProcess("prefect server", [str(prefect), "server", "start", "--host", "127.0.0.1",
                                             "--port", str(port)], env, logs / "prefect-server.log",
-                         answers(f"http://127.0.0.1:{port}/api/health"))
+                         answers(f"http://127.0.0.1:{port}/api/health"), stop_with_parent=stop_with_parent)

@@ -93,7 +93,7 @@ class PackParams(_Section):
 
 
 class TrainParams(_Section):
-    """Mirrors components.training.config.TrainConfig; see README "Training" for what each knob does."""
+    """Mirrors components.training.config.TrainConfig; see docs/training.md for what each knob does."""
 
     backbone: Literal["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large"] = "mbf"
     embedding_size: int = Field(512, ge=8)
@@ -141,7 +141,7 @@ class TrainParams(_Section):
     def _sampled_head_needs_sgd(self) -> TrainParams:
         if self.optimizer == "adamw" and self.sample_rate < 1:
             raise ValueError(f"optimizer adamw needs sample_rate 1 (got {self.sample_rate}): only SGD updates "
-                             "the unsampled class centres exactly at the sampled cost (README \"Training\")")
+                             "the unsampled class centres exactly at the sampled cost (docs/training.md)")
         return self
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,13 +8,6 @@ from typing import Any
 import pytest
 
 from components.sample.raw_photos import SampleConfig, write_sample_raw
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts in tests
-# Ray reads its uv-hook switch when first imported, and test modules import Ray (in-process Ray Data, the
-# cluster test's helpers) before any `connect()` could set it: under `uv run` the hook would then ship this
-# checkout, .venv included (GBs), to every local Ray job as its working_dir.
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 @pytest.fixture(scope="session")

@@ -19,15 +19,19 @@ from typing import Any
 
 import httpx
 
+from components import env_defaults
 from flows.server_process import ServerProcess, answers
 
 BIN = Path(sys.executable).parent
 
 
-def quiet_env(**extra: str) -> dict[str, str]:
-    """The environment for every server and flow: no telemetry from an offline machine."""
-    return dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="False",
-                MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", DO_NOT_TRACK="1", **extra)
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment for a server or command a test starts: the user's, plus what the test configures.
+
+    Without the defaults that importing the product set in this process (components/env_defaults.py):
+    each child must set them itself, as it does for a user, or a missing default would pass unseen."""
+    user = {k: v for k, v in os.environ.items() if k not in env_defaults.applied}
+    return dict(user, **extra)
 
 
 def mlflow_server(backend_uri: str, artifacts: str, port: int, env: dict[str, str], logs: Path) -> ServerProcess:
@@ -71,7 +75,7 @@ def serve_flows(workspace: Path, tracking_uri: str, serving: Path) -> ServerProc
     ``serving`` folder with the python backend the bundled Triton loads."""
     from components.serving.triton_server import free_port
 
-    env = quiet_env(MLFLOW_TRACKING_URI=tracking_uri, FACEFORGE_SERVING_REPOSITORY=str(serving),
+    env = server_env(MLFLOW_TRACKING_URI=tracking_uri, FACEFORGE_SERVING_REPOSITORY=str(serving),
                     PREFECT_HOME=str(workspace / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
     return ServeFlows("faceforge serve-flows", [str(BIN / "faceforge"), "serve-flows", "--backend", "python",
@@ -80,29 +84,46 @@ def serve_flows(workspace: Path, tracking_uri: str, serving: Path) -> ServerProc
 
 
 class ServeFlows(ServerProcess):
-    """``faceforge serve-flows``, stopped with the Prefect server it started. That server runs in a session of
-    its own, which the SIGTERM to serve-flows' group does not reach, and Prefect's runner, shutting down on
-    SIGTERM, does not return before the group is killed: the server is stopped here by the pid serve-flows
-    printed."""
+    """``faceforge serve-flows``, stopped as systemd or Docker stop a service: SIGTERM to its own pid alone.
+
+    The Prefect server it started (a session of its own) must stop with it; if it is still there 30 s
+    later, it is stopped here by the pid serve-flows printed, and ``server_outlived`` says so."""
+
+    server_outlived = False
 
     def stop(self) -> None:
-        super().stop()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop()  # whatever is left in its group
         announced = re.search(r"Prefect server \(pid (\d+)\)", self.tail(1_000_000))
         if announced is None:
             return
         pid = int(announced.group(1))
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        if _exits(pid, 30):
+            return
+        self.server_outlived = True
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
                 return
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.5)
+            if _exits(pid, 30):
+                return
+
+
+def _exits(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def ray_node(name: str, command: list[str], env: dict[str, str], logs: Path, ready: Callable[[], Any],

@@ -232,7 +232,8 @@ def test_concurrent_publishers_never_share_a_version_number(tmp_path: Path, s3: 
 @pytest.mark.timeout(600)
 def test_serve_flows_serves_a_moved_champion_by_itself(registry: Params, tmp_path: Path) -> None:
     """One machine, no Prefect server configured: `faceforge serve-flows` starts its own and runs the watcher; a
-    person moves the alias and the serving folder follows, with nobody typing `promote`."""
+    person moves the alias and the serving folder follows, with nobody typing `promote`. Stopped by SIGTERM,
+    serve-flows leaves no Prefect server behind."""
     from tests.servers import serve_flows, wait_for
 
     v1 = _register(registry, _onnx(tmp_path / "a.onnx", 1.0), passed=True)
@@ -250,6 +251,8 @@ def test_serve_flows_serves_a_moved_champion_by_itself(registry: Params, tmp_pat
         except TimeoutError as exc:
             raise AssertionError(watcher.tail()) from exc
     assert json.loads(tags)["served_versions"] == {str(serving): 1}
+    # SIGTERM to serve-flows alone (as systemd or Docker stop it) stopped the Prefect server it started
+    assert not watcher.server_outlived, watcher.tail()
 
 
 def test_unreachable_servers_are_one_line_naming_the_url_and_exit_75(registry: Params, tmp_path: Path) -> None:
@@ -258,12 +261,12 @@ def test_unreachable_servers_are_one_line_naming_the_url_and_exit_75(registry: P
     import sys
 
     from components.serving.triton_server import free_port
-    from tests.servers import quiet_env
+    from tests.servers import server_env
 
     _approve(_register(registry, _onnx(tmp_path / "a.onnx", 1.0), passed=True))
     dead = f"http://127.0.0.1:{free_port()}"
     faceforge = str(Path(sys.executable).parent / "faceforge")
-    env = quiet_env(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), FACEFORGE_SERVING_REPOSITORY="s3://models/triton",
+    env = server_env(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), FACEFORGE_SERVING_REPOSITORY="s3://models/triton",
                     AWS_ENDPOINT_URL=dead, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
                     AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1", PREFECT_HOME=str(tmp_path / "ph"))
     env.pop("PREFECT_API_URL", None)

@@ -34,7 +34,7 @@ import yaml
 
 from flows.server_process import prefect_server
 from tests.conftest import reset_moto
-from tests.servers import mlflow_server, prefect_worker, quiet_env, wait_for
+from tests.servers import mlflow_server, prefect_worker, server_env, wait_for
 
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
@@ -130,12 +130,12 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         boto3.client("s3").create_bucket(Bucket=bucket)
     # The team's DVC remote, committed with the code (credentials stay in the environment).
     subprocess.run([str(Path(sys.executable).parent / "faceforge"), "remote", DVC_REMOTE], cwd=project, check=True,
-                   capture_output=True, env=quiet_env(**s3_env))
+                   capture_output=True, env=server_env(**s3_env))
     _git(project, "add", ".dvc/config")
     _git(project, "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "team DVC remote")
     api = f"http://127.0.0.1:{prefect_port}/api"
     tracking = f"http://127.0.0.1:{mlflow_port}"
-    env = quiet_env(**s3_env, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=tracking, FACEFORGE_WORKSPACE=str(project),
+    env = server_env(**s3_env, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=tracking, FACEFORGE_WORKSPACE=str(project),
                     FACEFORGE_SERVING_REPOSITORY=REPOSITORY, PREFECT_HOME=str(logs / "prefect-client"))
     servers = {
         "mlflow": mlflow_server(f"sqlite:///{logs / 'mlflow.db'}", "s3://mlflow/artifacts", mlflow_port, env, logs),
@@ -275,6 +275,9 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     #    S3), version 1 registered with its verdict and the alias `challenger`.
     first_run = _finished(stack, _run_deployment(stack, "retrain/scheduled"), 900)
     assert first_run["work_pool_name"] == POOL  # executed by the worker, not in this process
+    # ... as cleanly as a user must see it: all its stages' output, no Python traceback (telemetry, Ray)
+    worker_output = stack["servers"]["worker"].tail(10_000_000)
+    assert "Traceback" not in worker_output and "Running stage 'train'" in worker_output, worker_output[-20_000:]
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["gate.status"] == "pass" and v1.aliases == ["challenger"], v1.tags
     assert v1.tags["prefect.flow_run_id"] == first_run["id"]

@@ -22,7 +22,7 @@ import torch
 from ray._common.utils import get_ray_address_file
 
 from components.serving.triton_server import free_port
-from tests.servers import alive_ray_nodes, quiet_env, ray_node, wait_for
+from tests.servers import alive_ray_nodes, ray_node, server_env, wait_for
 from tests.training_data import write_tiny_faces
 
 REPO = Path(__file__).parents[1]
@@ -54,7 +54,7 @@ def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_p
     address = f"127.0.0.1:{port}"
     s3_env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                          "AWS_DEFAULT_REGION")}
-    env = quiet_env(**s3_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env = server_env(**s3_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
     logs = tmp_path / "logs"
     head = ray_node("ray-head", ["--head", f"--port={port}", "--include-dashboard=false"], env, logs,
@@ -117,7 +117,7 @@ def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path: Path) -> None
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     address = f"127.0.0.1:{free_port()}"
     done = subprocess.run([str(Path(sys.executable).parent / "faceforge"), "train", "--set", "train.batch_size=4"],
-                          cwd=tmp_path, env=quiet_env(RAY_ADDRESS=address), capture_output=True, text=True,
+                          cwd=tmp_path, env=server_env(RAY_ADDRESS=address), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 75, done.stderr
     # (a TCP check bounded by ray_runner.CONNECT_TIMEOUT_S, not Ray's own minutes of reconnect attempts)
@@ -131,7 +131,7 @@ def test_local_ray_runs_in_this_environment_without_the_uv_hook() -> None:
     code = ("import os; from components.ray_cluster import connect; connect(); "
             "import ray; from ray._private import ray_constants; "
             "print(ray.get(ray.remote(lambda: os.nice(0)).remote()), ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV)")
-    env = {k: v for k, v in quiet_env().items() if k not in ("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "RAY_ADDRESS")}
+    env = {k: v for k, v in server_env().items() if k not in ("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "RAY_ADDRESS")}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

@@ -70,7 +70,7 @@ def prelu_as_integer_ops(model: onnx.ModelProto) -> int:
     Why: ONNX Runtime has no integer PReLU (QLinearLeakyRelu takes one scalar slope, and the QDQ rules have
     no PRelu), so every PReLU stays a float op with a DequantizeLinear before it, a QuantizeLinear after it
     and layout transposes around the integer convolutions: about a third of r50's INT8 time (profiled,
-    README "Benchmarks"). Mul, Relu and Add all have integer kernels. The rewrite computes the same
+    docs/benchmarks.md). Mul, Relu and Add all have integer kernels. The rewrite computes the same
     function: for x ≤ 0 it is ``a·x`` exactly, for x > 0 ``a·x + (1−a)·x``, ``x`` up to one float rounding.
     """
     constants = {i.name: i for i in model.graph.initializer}

@@ -11,9 +11,12 @@ Worker ``r`` owns a contiguous slice of the class centres (``class_start``, ``nu
 labels are all-gathered, logits are computed against the local shard only, and the softmax is
 normalised across workers with an all-reduce of the row maxima and of the exponential sums.
 
-At sample rate < 1 the sampled rows are read with a *row-sparse* gradient (``SampledRows``), so the backward
-pass and an optimiser that understands it (``components/training/lazy_sgd.LazySGD``) cost O(rate x C) rather
-than O(C). ``row_reader``, set by that optimiser, returns the sampled rows brought up to date.
+At sample rate < 1 only the sampled rows enter the logits (``SampledRows``). With a stock optimiser (e.g.
+``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)``, as arcface_torch trains) their gradient reaches
+``weight`` as a dense tensor, zero outside the sampled rows, which every torch optimiser accepts. An optimiser
+that reads rows lazily (``components/training/lazy_sgd.LazySGD``) attaches itself with ``attach_row_reader``:
+the gradient is then row-sparse and the backward pass and the update cost O(rate x C) rather than O(C), with
+the same result; its reader returns the sampled rows brought up to date.
 """
 
 from __future__ import annotations
@@ -58,21 +61,26 @@ def init_centres(start: int, count: int, embedding_size: int, seed: int) -> torc
 
 class SampledRows(torch.autograd.Function):
     """``weight[index]`` given as ``rows`` (read by the caller, e.g. brought up to date by a lazy optimiser),
-    whose gradient reaches ``weight`` as a row-sparse tensor (sorted unique ``index``: coalesced)."""
+    whose gradient reaches ``weight`` as a row-sparse tensor (sorted unique ``index``: coalesced) when
+    ``sparse``, else as a dense one: torch's own optimisers cannot add a sparse gradient to their state."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, weight: torch.Tensor, index: torch.Tensor, rows: torch.Tensor,  # noqa: ANN001
+                sparse: bool) -> torch.Tensor:
         ctx.save_for_backward(index)
-        ctx.shape = weight.shape
+        ctx.shape, ctx.sparse = weight.shape, sparse
         return rows
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         (index,) = ctx.saved_tensors
-        sparse = torch.sparse_coo_tensor(index.unsqueeze(0), grad, ctx.shape, is_coalesced=True,
-                                         check_invariants=False)
-        return sparse, None, None
+        if ctx.sparse:
+            full = torch.sparse_coo_tensor(index.unsqueeze(0), grad, ctx.shape, is_coalesced=True,
+                                           check_invariants=False)
+        else:
+            full = grad.new_zeros(ctx.shape).index_copy_(0, index, grad)
+        return full, None, None, None
 
 
 class CosineToCentres(torch.autograd.Function):
@@ -123,7 +131,7 @@ class DistSoftmaxCrossEntropy(torch.autograd.Function):
     in the scores' own buffer (consumed: the caller must not read ``scores`` afterwards), turned into the
     softmax in place, and into the gradient in place in the backward, the
     closed form ``(softmax - onehot) / N``, with the margin's own derivative on the target entries (from a
-    small autograd graph of those N values). Nothing else of logits size is allocated (README "Training").
+    small autograd graph of those N values). Nothing else of logits size is allocated (docs/training.md).
     """
 
     @staticmethod
@@ -186,6 +194,12 @@ class PartialFC(nn.Module):
         self.last_index: torch.Tensor | None = None  # classes used in the last step (local indices)
         # the current values of the sampled rows; a lazy optimiser's brings them up to date first
         self.row_reader: Callable[[torch.Tensor], torch.Tensor] = lambda index: self.weight.detach()[index]
+        self.sparse_gradient = False  # True once an optimiser that reads rows lazily is attached
+
+    def attach_row_reader(self, reader: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Hand the sampled rows' reads to a lazy optimiser (``LazySGD.read_rows``), which then also takes
+        their gradient row-sparse; without one, the gradient is dense and any torch optimiser works."""
+        self.row_reader, self.sparse_gradient = reader, True
 
     def sample(self, local_labels: torch.Tensor) -> torch.Tensor:
         """Keep every positive class of the global batch, fill up with random negatives to ``num_sample``.
@@ -223,7 +237,8 @@ class PartialFC(nn.Module):
         weight = self.weight
         if self.sample_rate < 1:
             self.last_index = self.sample(local)
-            weight = SampledRows.apply(self.weight, self.last_index, self.row_reader(self.last_index))
+            weight = SampledRows.apply(self.weight, self.last_index, self.row_reader(self.last_index),
+                                       self.sparse_gradient)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             cosine = cosine_to_centres(normalize(embeddings), weight.to(dtype))
             rows = torch.nonzero(local != -1, as_tuple=True)[0]

@@ -7,17 +7,13 @@ a run (rejected fraction, identity count) are suite parameters filled from param
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import great_expectations as gx  # analytics off: components/env_defaults.py
 import pandas as pd
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no telemetry calls from a pipeline run
-
-import great_expectations as gx  # noqa: E402
-from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 
 @dataclass

@@ -10,13 +10,13 @@ have a gradient. For a row without gradient the step is linear in ``(w, b)``::
 with the same 2x2 matrix for every such row and dimension. So a row that skipped steps ``s+1..t`` is
 brought up to date by one 2x2 product of those steps' matrices (kept per distinct ``s``; the learning
 rates of recent steps are remembered), applied when the row is next read: by the forward pass that samples
-it (``PartialFC.row_reader`` -> ``read_rows``, whose up-to-date rows ``step`` then updates without reading
+it (``PartialFC.attach_row_reader`` -> ``read_rows``, whose up-to-date rows ``step`` then updates without reading
 them again), and for every row in ``state_dict``, so that checkpoints hold exactly the dense state and
 re-shard as before. Per step the work is proportional to the sampled rows; the only O(C) work left is one
 ``min`` over the per-row step counters.
 
 arcface_torch updates every centre densely (its sampled gradient is scattered into a full-size tensor);
-the result here is the same to float rounding, at the cost of ``rho*C`` rows (README "Training").
+the result here is the same to float rounding, at the cost of ``rho*C`` rows (docs/training.md).
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def optimiser_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     """Clip, step, zero. The clip is over the **backbone's** gradient norm only, as arcface_torch clips
     (``clip_grad_norm_(backbone.parameters(), 5)``): DDP made those gradients identical on every worker, so
     every worker computes the same factor and the replicas stay identical. The head's centres are not clipped:
-    each worker's shard differs, and a norm including it gave each worker its own factor (README "Training")."""
+    each worker's shard differs, and a norm including it gave each worker its own factor (docs/training.md)."""
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in backbone.parameters() if p.grad is not None], grad_clip)

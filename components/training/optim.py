@@ -16,13 +16,13 @@ from components.training.lazy_sgd import LazySGD
 def build_optimizer(backbone: nn.Module, head: PartialFC, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD is ``LazySGD``: a sampled head's centres cost O(rate x C) per step, with the dense result
     (components/training/lazy_sgd.py); the optimiser keeps the sampled rows current through
-    ``head.row_reader``. AdamW's update of a row without gradient is not linear (its second moment enters
+    ``head.attach_row_reader``. AdamW's update of a row without gradient is not linear (its second moment enters
     through a square root), so it has no such closed form and is refused below sample rate 1."""
     groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": [head.weight]}]
     if cfg.optimizer == "sgd":
         groups[1]["centres"] = True  # updated in place by LazySGD, lazily where the gradient is row-sparse
         optimizer = LazySGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        head.row_reader = partial(optimizer.read_rows, head.weight)
+        head.attach_row_reader(partial(optimizer.read_rows, head.weight))
         return optimizer
     if head.sample_rate < 1:
         raise ValueError(f"train.optimizer adamw needs train.sample_rate 1 (got {head.sample_rate}): "

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from components import env_defaults
 from components.ray_cluster import check_shared, connect
 from components.recordio.insightface import FaceRecordDataset
 from components.training.config import TrainConfig
+from components.training.local_process_group import local_torch_config
 from components.training.loop import check_inputs, train_worker
 from components.training.sessions import RaySession
 
@@ -84,10 +86,36 @@ def delete_run(storage: str, name: str) -> None:
         filesystem.delete_dir(f"{path}/{name}")
 
 
+def trainer_class(local: bool) -> type:
+    """Ray Train's ``TorchTrainer``; on a local instance, without its placement-group cleaner.
+
+    The cleaner is a detached actor that asks the State API every second whether the run's controller is
+    alive, to free the workers' placement group if the controller dies on a long-lived cluster. A local Ray
+    instance lives and dies with this process, placement groups included, so there it only costs CPU; and
+    when the instance shuts down while the cleaner is mid-query, its thread prints a traceback
+    ("Exception in thread PlacementGroupCleanerMonitor") at the end of an otherwise clean run. On a cluster
+    it stays. ``_create_default_callbacks`` is Ray Train v2's own hook (ray 2.60); where it is missing, the
+    stock trainer is used unchanged."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return TorchTrainer
+    if not local or not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class LocalTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return LocalTorchTrainer
+
+
 def run_on_ray(cfg: TrainConfig, storage: str | Path, name: str, resume_from: Path | None = None) -> TrainResult:
     from ray import LoggingConfig
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     # Workers do not share the driver's working directory; and bad inputs must fail here, once, rather
     # than in every worker and again on every FailureConfig retry.
@@ -100,9 +128,11 @@ def run_on_ray(cfg: TrainConfig, storage: str | Path, name: str, resume_from: Pa
     if resumed is not None:
         print(f"resuming training run {name} from its checkpoint at step {resumed} in {storage}", flush=True)
     path, filesystem = storage_filesystem(storage)
-    trainer = TorchTrainer(
+    local = env_defaults.local_ray()
+    trainer = trainer_class(local)(
         _worker,
         train_loop_config={"cfg": cfg},
+        torch_config=local_torch_config(cfg.use_gpu) if local else None,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=name,

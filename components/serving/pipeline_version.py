@@ -96,6 +96,13 @@ def pipeline_config(spec: PipelineSpec, versions: list[int], embedding_size: int
     return render(config)
 
 
+def pipeline_files(store: Store, spec: PipelineSpec, embedder: str, embedder_version: int,
+                   work: Path) -> dict[str, Path]:
+    """The files of the pipeline version for ``embedder_version`` as this installation builds them (``work``
+    holds the generated ``pipeline.json``): what serving publishes, and what a tampered one is restored from."""
+    return _version_files(spec, _embedder_facts(store, embedder, embedder_version), work)
+
+
 def _version_files(spec: PipelineSpec, embedder: dict[str, object], work: Path) -> dict[str, Path]:
     pipeline_json = work / "pipeline.json"
     pipeline_json.write_text(json.dumps({"photo": spec.photo.to_json(), "embedder": embedder}, indent=2,

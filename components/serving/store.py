@@ -33,6 +33,8 @@ class Store(Protocol):
     def create(self, key: str, data: bytes) -> bool: ...
     def upload(self, key: str, source: Path) -> None: ...
     def sha256(self, key: str) -> str: ...
+    def fingerprint(self, key: str) -> str | None: ...
+    def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
 
 
@@ -78,6 +80,17 @@ class LocalStore:
 
     def sha256(self, key: str) -> str:
         return sha256_file(self.root / key)
+
+    def fingerprint(self, key: str) -> str | None:
+        """What changes whenever the file is written (None: missing): a file's hash is only recomputed then."""
+        try:
+            st = (self.root / key).stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.root / prefix, ignore_errors=True)
@@ -151,6 +164,24 @@ class S3Store:
         """Hash of the stored bytes, streamed back: what a reader will get, not what was sent."""
         body = self._call(f"reading {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))["Body"]
         return sha256_stream(body)
+
+    def fingerprint(self, key: str) -> str | None:
+        """ETag, size and modification time as S3 sets them on every write (None: missing): a writer can
+        choose none of them, so an object whose fingerprint is unchanged holds the bytes hashed before."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _error(exc, f"{self.url}: reading {key} failed") from None
+        except self._errors as exc:
+            raise _error(exc, f"{self.url}: reading {key} failed") from None
+        return f"{head['ETag']}:{head['ContentLength']}:{head['LastModified'].isoformat()}"
+
+    def delete(self, key: str) -> None:
+        self._call(f"deleting {key}", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def delete_prefix(self, prefix: str) -> None:
         for key in self.list(prefix):

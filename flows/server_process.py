@@ -95,11 +95,14 @@ class ServerProcess:
         self.stop()
 
 
-def prefect_server(home: Path, port: int, logs: Path, ui: bool = False,
-                   stop_with_parent: bool = False) -> ServerProcess:
-    """``prefect server start`` on 127.0.0.1 with its default SQLite database under ``home``."""
+def prefect_server(home: Path, port: int, logs: Path, ui: bool = False, stop_with_parent: bool = False,
+                   auth_string: str | None = None) -> ServerProcess:
+    """``prefect server start`` on 127.0.0.1 with its default SQLite database under ``home``; with
+    ``auth_string`` (``user:password``) every API call but the health check must carry it."""
     # analytics: this process's own setting, off unless the user turned it on (flows/__init__.py)
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED=str(ui).lower())
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).parent / "prefect"
     return ServerProcess("prefect server", [str(prefect), "server", "start", "--host", "127.0.0.1",

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +36,64 @@ def server_env(**extra: str) -> dict[str, str]:
     return dict(user, **extra)
 
 
-def mlflow_server(backend_uri: str, artifacts: str, port: int, env: dict[str, str], logs: Path) -> ServerProcess:
-    """``mlflow server`` with a database backend store and artifacts proxied to S3 (``--artifacts-destination``).
+@dataclass(frozen=True)
+class TeamSecrets:
+    """Team mode's credentials for one test: MLflow's admin and the three accounts, Prefect's auth string."""
+
+    admin: str
+    approver: str
+    retrain: str
+    watcher: str
+    prefect_auth_string: str
+
+    @classmethod
+    def generate(cls) -> TeamSecrets:
+        return cls(*(f"pw-{secrets.token_hex(12)}" for _ in range(4)), f"faceforge:{secrets.token_hex(12)}")
+
+    def all(self) -> list[str]:
+        return [self.admin, self.approver, self.retrain, self.watcher, self.prefect_auth_string.split(":", 1)[1]]
+
+    def role_passwords(self) -> dict[str, str]:
+        """What a worker holds (each flow run signs in as its own account, flows/accounts.py)."""
+        return {"FACEFORGE_MLFLOW_RETRAIN_PASSWORD": self.retrain, "FACEFORGE_MLFLOW_WATCHER_PASSWORD": self.watcher}
+
+    def as_admin(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": self.admin}
+
+    def prefect_auth(self) -> tuple[str, str]:
+        user, password = self.prefect_auth_string.split(":", 1)
+        return user, password
+
+
+def mlflow_server(backend_uri: str, artifacts: str, port: int, env: dict[str, str], logs: Path,
+                  team: TeamSecrets | None = None) -> ServerProcess:
+    """``mlflow server`` with a database backend store and artifacts proxied to S3 (``--artifacts-destination``);
+    with ``team``, its basic-auth app (users in SQLite next to the logs, ``admin`` created on first start).
 
     Its GenAI job runner (seven huey consumer processes, ~250 MB each) is off, as in infra/compose.yaml:
     faceforge submits no MLflow jobs."""
     env = dict(env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts]
+    if team is not None:
+        ini = logs / "basic_auth.ini"
+        ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{logs / 'mlflow-auth.db'}\n"
+                       "admin_username = admin\n")
+        env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": team.admin,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+        command += ["--app-name", "basic-auth"]
     return ServerProcess("mlflow server", command, env, logs / "mlflow-server.log",
                          answers(f"http://127.0.0.1:{port}/health"))
 
 
 def prefect_worker(pool: str, api_url: str, env: dict[str, str], logs: Path, cwd: Path) -> ServerProcess:
     """``prefect worker start`` on a process pool; ready once the server lists it among the pool's workers."""
+    auth_string = env.get("PREFECT_API_AUTH_STRING")
+    auth = tuple(auth_string.split(":", 1)) if auth_string else None
+
     def registered() -> bool:
         try:
-            reply = httpx.post(f"{api_url}/work_pools/{pool}/workers/filter", json={}, timeout=5)
+            reply = httpx.post(f"{api_url}/work_pools/{pool}/workers/filter", json={}, timeout=5, auth=auth)
             return reply.status_code == 200 and bool(reply.json())
         except httpx.HTTPError:
             return False

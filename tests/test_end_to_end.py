@@ -10,6 +10,11 @@ schedule -> retrain (worker) -> version 1 registered as challenger -> ``champion
 training the MLflow server is killed: the flow waits and retries its MLflow step, nothing is half-registered,
 and it completes once the server is back. Approve version 2 -> Triton answers with it; move the alias back ->
 Triton answers with version 1 again, without anything re-uploaded. ``faceforge lineage`` tells it all.
+
+In team mode, as infra/compose.yaml deploys it: MLflow's basic-auth app with the accounts ``faceforge accounts``
+provisions (the worker's retrain and watcher flows sign in as their own accounts, only the approver's account
+moves ``champion``), and a Prefect server that requires its API auth string of every client. No credential
+reaches the worker's output or the lineage (tests/test_team_auth.py searches every record for them).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import yaml
 
 from flows.server_process import prefect_server
 from tests.conftest import reset_moto
-from tests.servers import mlflow_server, prefect_worker, server_env, wait_for
+from tests.servers import TeamSecrets, mlflow_server, prefect_worker, server_env, wait_for
 
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
@@ -119,10 +124,12 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
               "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     import mlflow
 
-    # This process talks to the servers too (MLflow's module-level URIs also land in os.environ): restored after.
-    saved = {k: os.environ.get(k) for k in [*s3_env, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]}
+    team = TeamSecrets.generate()
+    # This process talks to the servers too, as MLflow's admin (MLflow's module-level URIs also land in
+    # os.environ): restored after.
+    saved = {k: os.environ.get(k) for k in [*s3_env, *team.as_admin(), "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]}
     saved_uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    os.environ.update(s3_env)  # this process reads the repository and runs Triton against the same S3
+    os.environ.update(s3_env | team.as_admin())  # it reads the repository and runs Triton against the same S3
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     moto.start()
     reset_moto(s3_env["AWS_ENDPOINT_URL"])
@@ -135,22 +142,32 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     _git(project, "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "team DVC remote")
     api = f"http://127.0.0.1:{prefect_port}/api"
     tracking = f"http://127.0.0.1:{mlflow_port}"
-    env = server_env(**s3_env, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=tracking, FACEFORGE_WORKSPACE=str(project),
-                    FACEFORGE_SERVING_REPOSITORY=REPOSITORY, PREFECT_HOME=str(logs / "prefect-client"))
+    # the worker's environment: no MLflow account of its own, the two flows' passwords (flows/accounts.py)
+    worker_env = server_env(**s3_env, **team.role_passwords(), PREFECT_API_URL=api,
+                            PREFECT_API_AUTH_STRING=team.prefect_auth_string, MLFLOW_TRACKING_URI=tracking,
+                            FACEFORGE_WORKSPACE=str(project), FACEFORGE_SERVING_REPOSITORY=REPOSITORY,
+                            PREFECT_HOME=str(logs / "prefect-client"))
+    env = {k: v for k, v in worker_env.items() if not k.startswith("FACEFORGE_MLFLOW_")} | team.as_admin()
     servers = {
-        "mlflow": mlflow_server(f"sqlite:///{logs / 'mlflow.db'}", "s3://mlflow/artifacts", mlflow_port, env, logs),
-        "prefect": prefect_server(logs / "prefect-home", prefect_port, logs),
+        "mlflow": mlflow_server(f"sqlite:///{logs / 'mlflow.db'}", "s3://mlflow/artifacts", mlflow_port, env, logs,
+                                team),
+        "prefect": prefect_server(logs / "prefect-home", prefect_port, logs, auth_string=team.prefect_auth_string),
     }
     try:
         for server in servers.values():
             server.start()
+        accounts = subprocess.run([str(Path(sys.executable).parent / "faceforge"), "accounts"], cwd=project,
+                                  env=env | {"FACEFORGE_MLFLOW_APPROVER_PASSWORD": team.approver,
+                                             **team.role_passwords()}, capture_output=True, text=True, timeout=300)
+        assert accounts.returncode == 0, accounts.stderr
         prefect = str(Path(sys.executable).parent / "prefect")
         for command in ([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
                         [prefect, "--no-prompt", "deploy", "--all"]):  # infra/compose.yaml's prefect-deploy
             done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stdout + done.stderr
-        servers["worker"] = prefect_worker(POOL, api, env, logs, cwd=logs).start()
-        yield {"project": project, "env": env, "api": api, "tracking": tracking, "servers": servers, "logs": logs}
+        servers["worker"] = prefect_worker(POOL, api, worker_env, logs, cwd=logs).start()
+        yield {"project": project, "env": env, "api": api, "tracking": tracking, "servers": servers, "logs": logs,
+               "team": team}
     finally:
         for server in reversed(list(servers.values())):
             server.stop()
@@ -173,7 +190,7 @@ def _run_deployment(stack: dict[str, Any], name: str) -> str:
 
 
 def _flow_run(stack: dict[str, Any], run_id: str) -> dict[str, Any]:
-    return httpx.get(f"{stack['api']}/flow_runs/{run_id}", timeout=10).json()
+    return httpx.get(f"{stack['api']}/flow_runs/{run_id}", timeout=10, auth=stack["team"].prefect_auth()).json()
 
 
 def _finished(stack: dict[str, Any], run_id: str, timeout_s: float) -> dict[str, Any]:
@@ -185,13 +202,15 @@ def _finished(stack: dict[str, Any], run_id: str, timeout_s: float) -> dict[str,
 
 def _task_runs(stack: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
     body = {"flow_runs": {"id": {"any_": [run_id]}}}
-    return httpx.post(f"{stack['api']}/task_runs/filter", json=body, timeout=10).json()
+    return httpx.post(f"{stack['api']}/task_runs/filter", json=body, timeout=10,
+                      auth=stack["team"].prefect_auth()).json()
 
 
 def _set_champion(stack: dict[str, Any], version: str) -> float:
-    """The request the MLflow UI sends when a person saves the alias; returns when it was accepted."""
+    """The request the MLflow UI sends when the approver saves the alias; returns when it was accepted."""
     reply = httpx.post(f"{stack['tracking']}/api/2.0/mlflow/registered-models/alias",
-                       json={"name": NAME, "alias": "champion", "version": version}, timeout=30)
+                       json={"name": NAME, "alias": "champion", "version": version}, timeout=30,
+                       auth=("faceforge-approver", stack["team"].approver))
     reply.raise_for_status()
     return time.monotonic()
 
@@ -288,7 +307,8 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         v1.run_id)}
     stored = [o["Key"] for o in __import__("boto3").client("s3").list_objects_v2(Bucket="mlflow")["Contents"]]
     assert any(k.endswith("model_card.md") for k in stored)  # MLflow's artifacts live on S3
-    artifacts = httpx.post(f"{stack['api']}/artifacts/filter", json={}, timeout=10).json()
+    artifacts = httpx.post(f"{stack['api']}/artifacts/filter", json={}, timeout=10,
+                           auth=stack["team"].prefect_auth()).json()
     assert {"faceforge-retrain", "faceforge-gate-metrics"} <= {a["key"] for a in artifacts}
 
     #    ... and on another machine, the run's commit and the DVC remote give back the very same bytes.
@@ -312,8 +332,11 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     wait_for(lambda: served(store, NAME) == [1], 120, "version 1 served to S3", 1)
     served_after = time.monotonic() - approved
     assert read_manifest(store, NAME, 1)["lineage"]["mlflow_model_version"] == "1"
-    # The watcher finishes its run by recording the serving and retiring `challenger` (approved and served).
-    wait_for(lambda: client.get_model_version(NAME, "1").aliases == ["champion"], 60, "challenger retired")
+    # The watcher finishes its run by recording the serving; its account may not delete aliases (MLflow grants
+    # that with MANAGE only), so `challenger` stays until version 2 takes it (flows/accounts.py).
+    v1_now = wait_for(lambda: (v := client.get_model_version(NAME, "1")).tags.get("serving.last") and v, 60,
+                      "the serving recorded on version 1")
+    assert sorted(v1_now.aliases) == ["challenger", "champion"]
 
     faces = to_input(sample_faces(project / "data" / "packed", 6, seed=2))
     expected_v1 = _reference(stack, "1", faces, tmp_path)
@@ -378,6 +401,8 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     assert record["served"] == [{"repository": REPOSITORY, "repository_version": 1, "served_now": True,
                                  "sha256": v1.tags["model_sha256"]}]
     assert record["approval"]["last_served"]["served_versions"] == {REPOSITORY: 1}
+    secrets_seen = [s for s in stack["team"].all() if s in shown.stdout + stack["servers"]["worker"].tail(10_000_000)]
+    assert not secrets_seen, "a credential reached the lineage or the worker's output"
 
     # 6. Experiments on the team's checkout at the last run's commit: one in the workspace, one queued; each sees
     #    its own params and writes its own metrics (quantize reruns alone: it is all a calibration size changes).

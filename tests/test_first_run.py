@@ -2,8 +2,9 @@
 the environment a user starts with (none of the defaults that importing faceforge set in this test process).
 
 It builds no second environment for the Ray workers (Ray's uv hook would, under `uv run`), prints no Python
-traceback, and its local Ray instance (GCS, raylet, Ray Train's actors, the training workers and their
-data-loader processes) listens on loopback only."""
+traceback, starts no placement-group cleaner (whose thread printed one when the instance shut down), and its
+local Ray instance (GCS, raylet, Ray Train's actors, the training workers and their data-loader processes)
+listens on loopback only."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ TRAIN = ["--set", "train.num_workers=2", "--set", "train.max_steps=12", "--set",
 ENVIRONMENT_BUILT = ("Creating virtual environment", "Building faceforge", "Installed ")
 
 
-def _listening(root: psutil.Process) -> dict[str, set[str]]:
-    """Listening TCP addresses of ``root`` and its descendants -> the processes holding them."""
+def _listening(root: psutil.Process, names: set[str]) -> dict[str, set[str]]:
+    """Listening TCP addresses of ``root`` and its descendants -> the processes holding them; every process's
+    name goes into ``names``."""
     found: dict[str, set[str]] = {}
     for process in [root, *root.children(recursive=True)]:
         try:
+            names.add(process.name())
             for conn in process.net_connections(kind="inet"):
                 if conn.status == psutil.CONN_LISTEN:
                     found.setdefault(conn.laddr.ip, set()).add(process.name())
@@ -63,10 +66,11 @@ def test_train_under_uv_run_builds_no_environment_prints_no_traceback_and_listen
         train = subprocess.Popen([uv, "run", "--frozen", "--project", str(REPO), "faceforge", "train", *TRAIN],
                                  cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
         listening: dict[str, set[str]] = {}
+        processes: set[str] = set()
         deadline = time.monotonic() + 540
         while train.poll() is None and time.monotonic() < deadline:
             try:
-                for ip, names in _listening(psutil.Process(train.pid)).items():
+                for ip, names in _listening(psutil.Process(train.pid), processes).items():
                     listening.setdefault(ip, set()).update(names)
             except psutil.NoSuchProcess:
                 break
@@ -79,6 +83,9 @@ def test_train_under_uv_run_builds_no_environment_prints_no_traceback_and_listen
     assert listening, "no listening socket seen: the probe did not see the Ray instance"
     exposed = {ip: names for ip, names in listening.items() if not _loopback(ip)}
     assert not exposed, f"listening beyond loopback: {exposed}"
+    # Ray Train ran (its controller and workers), without the placement-group cleaner a local run does not need
+    assert {"ray::TrainController", "ray::RayTrainWorker"} <= processes, processes
+    assert not [name for name in processes if "PlacementGroupCleaner" in name], processes
 
 
 def test_faceforge_sets_its_environment_defaults_itself_and_a_users_value_wins() -> None:

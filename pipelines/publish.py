@@ -76,11 +76,13 @@ def file_lineage(params: Params, onnx_path: Path) -> Lineage:
     metrics = headline_metrics(numeric(evaluated))
     thresholds = evaluated.get(params.eval.ijbc_target, {}).get("thresholds", {})
     train = {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
+    train_report = REPORTS / "train.json"
+    start = json.loads(train_report.read_text()).get("start") if train_report.is_file() else None
     sha = sha256_file(onnx_path)
     variant, reason = served_variant(sha)
     return Lineage(model_sha256=sha, git_revision=_git_revision(), dvc_data_hash=_data_hash(params),
                    served_variant=variant, served_variant_reason=reason, metrics=metrics, thresholds=thresholds,
-                   params=train)
+                   params=train, start=start)
 
 
 def serving_options(p: PublishParams, lineage: Lineage) -> ServingOptions:

@@ -1,9 +1,10 @@
 """DVC stage ``quantize``: FP32 ONNX -> static INT8 (QDQ), and the verdict on which of the two to serve.
 
 Both models are evaluated with the eval stage's own protocol and held-out sets (``eval.ijbc_root``,
-``eval.verification``), and their throughput is measured side by side on the same faces (``speed_batches``,
-``speed_threads``). INT8 is served only when it stays within ``quantize.max_accuracy_drop`` /
-``max_tar_drop`` **and** is at least ``quantize.min_speedup`` times as fast as FP32 at every measured batch
+``eval.verification``), their embeddings of the eval faces are compared (mean cosine), and their throughput is
+measured side by side on the same faces (``speed_batches``, ``speed_threads``). INT8 is served only when it stays
+within ``quantize.max_accuracy_drop`` / ``max_tar_drop`` / ``min_cosine`` **and** is at least
+``quantize.min_speedup`` times as fast as FP32 at every measured batch
 size; otherwise FP32 is, and ``reports/quantize.json`` says why (``serve``, ``serve_reasons``). The chosen
 variant is written as ``<out_dir>/model.onnx`` (``publish.model``'s default), next to ``model.int8.onnx``.
 An INT8 model that is slower or less accurate is a verdict, not a failure: the stage succeeds and FP32 is served.
@@ -87,9 +88,13 @@ def run(params: Params) -> dict[str, Any]:
         fp32, fp32_feats = _measure(OnnxEmbedder(q.model), params)
         int8, int8_feats = _measure(OnnxEmbedder(int8_path), params)
         report.update(fp32=fp32, int8=int8)
-        if fp32_feats.size:
-            report["embedding_agreement"] = agreement(fp32_feats, int8_feats)
+        if not fp32_feats.size:  # no IJB set: the calibration faces stand in for the eval faces
+            fp32_feats, int8_feats = OnnxEmbedder(q.model)(faces), OnnxEmbedder(int8_path)(faces)
+        report["embedding_agreement"] = agreement(fp32_feats, int8_feats)
         report["drop"], reasons = _drops(fp32, int8, params)
+        if (cosine := report["embedding_agreement"]["mean_cosine"]) < q.min_cosine:
+            reasons.append(f"INT8 embeddings' mean cosine to FP32's is {cosine:.4f} < quantize.min_cosine "
+                           f"{q.min_cosine}: thresholds calibrated on one would not hold for the other")
         report["speed"], slow = _speed(Path(q.model), int8_path, faces, params)
         serve = "fp32" if reasons or slow else "int8"
         why = reasons + slow if serve == "fp32" else [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import torch
 
 from components.io.atomic import atomic_dir
 from components.io.checksums import sha256_file
-from components.models import get_model
+from components.models.loading import load_start
+from components.models.onnx_backbone import ONNX_BACKBONE
 from components.recordio.insightface import FaceRecordDataset
 from components.training.batchnorm import recalibrate_batchnorm
 from components.training.checkpoint import TRAINER
@@ -29,6 +31,7 @@ from pipelines.common import REPORTS, timed, write_report
 from pipelines.params import Params, TrainParams, runtime_settings
 
 STAGE = "train"
+ARCHITECTURE = "architecture.onnx"
 
 
 def run_name(params: Params) -> str:
@@ -38,9 +41,28 @@ def run_name(params: Params) -> str:
                 if k not in runtime_settings(TrainParams) and k != "out_dir"}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     packed = Path(params.pack.out_dir)
-    for name in ("property", "train.idx"):  # the index holds every record's offset: it changes with the data
-        digest.update(sha256_file(packed / name).encode() if (packed / name).is_file() else b"missing")
+    inputs = [packed / "property", packed / "train.idx"]  # the index holds every record's offset
+    if p.init_from is not None:  # the same path may hold another start model
+        start = Path(p.init_from)
+        inputs += sorted(f for f in start.rglob("*") if f.is_file()) if start.is_dir() else [start]
+    for path in inputs:
+        digest.update(sha256_file(path).encode() if path.is_file() else b"missing")
     return f"{STAGE}-{digest.hexdigest()[:16]}"
+
+
+def start_record(params: Params) -> dict[str, Any] | None:
+    """What the run started from, for the version's lineage: ``None`` (random weights), the import_model
+    stage's record (source, its SHA-256 and licence, the conversion) when ``train.init_from`` is that stage's
+    model, else the path and the file's SHA-256."""
+    init_from = params.train.init_from
+    if init_from is None:
+        return None
+    imported = Path(params.import_model.out_dir)
+    record_path = imported / "model.json"
+    if Path(init_from).resolve() == (imported / "model.onnx").resolve() and record_path.is_file():
+        return {"init_from": str(init_from)} | json.loads(record_path.read_text())
+    sha = sha256_file(Path(init_from)) if Path(init_from).is_file() else None
+    return {"init_from": str(init_from), "sha256": sha}
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -49,17 +71,24 @@ def run(params: Params) -> dict[str, Any]:
     report: dict[str, Any] = {}
     name = run_name(params)
     with timed(report), atomic_dir(p.out_dir) as tmp:
-        cfg = TrainConfig(**(fields | {"data_dir": str(params.pack.out_dir), "out_dir": str(tmp)}))
+        init_from = str(p.init_from) if p.init_from else None
+        backbone = load_start(p.backbone, p.embedding_size, init_from)  # a bad start model fails before Ray
+        cfg = TrainConfig(**(fields | {"data_dir": str(params.pack.out_dir), "out_dir": str(tmp),
+                                       "init_from": init_from}))
         result = run_on_ray(cfg, p.storage_path, name, resume_from=p.resume_from)
         checkpoint = local_copy(result.checkpoint, tmp / "checkpoint")  # resume point (re-shardable)
         trainer = torch.load(checkpoint / TRAINER, map_location="cpu", weights_only=False)
-        backbone = get_model(p.backbone, embedding_size=p.embedding_size)
         backbone.load_state_dict(trainer["backbone"])
         bn_samples = recalibrate_batchnorm(backbone, FaceRecordDataset(params.pack.out_dir, seed=p.seed),
                                            p.bn_recalibration_samples, p.batch_size, p.seed)
         torch.save(backbone.state_dict(), tmp / "backbone.pth")
+        start = start_record(params)
         model = {"backbone": p.backbone, "embedding_size": p.embedding_size, "input_size": [112, 112],
-                 "num_classes": trainer["extra"]["num_classes"], "normalisation": "(rgb / 127.5) - 1"}
+                 "num_classes": trainer["extra"]["num_classes"], "normalisation": "(rgb / 127.5) - 1",
+                 "start": start}
+        if p.backbone == ONNX_BACKBONE:  # the graph the weights belong to (models/loading.load_backbone)
+            shutil.copyfile(init_from, tmp / ARCHITECTURE)
+            model["architecture"] = ARCHITECTURE
         (tmp / "model.json").write_text(json.dumps(model, indent=2) + "\n")
         history = pd.DataFrame(result.metrics.get("history", []))
         plot_loss(history, tmp / "loss.png")
@@ -72,7 +101,7 @@ def run(params: Params) -> dict[str, Any]:
                   samples_per_s=round(float(history.samples_per_s.tail(max(1, len(history) // 2)).mean()), 2)
                   if len(history) else 0.0,
                   workers=p.num_workers, sample_rate=p.sample_rate, backbone=p.backbone, run=name,
-                  resumed_from_step=result.resumed_from_step,
+                  resumed_from_step=result.resumed_from_step, start=start,
                   bn_recalibration_samples=bn_samples)
     write_report(STAGE, report)
     return report

@@ -102,6 +102,11 @@ def test_a_training_setting_reruns_train_and_everything_after_it(params: Path, p
     assert _would_run(pipeline) == AFTER_TRAIN
 
 
+def test_another_start_model_reruns_the_import_and_everything_trained_from_it(params: Path, pipeline: Path) -> None:
+    _set(params, "import_model.source", "w600k_r50.onnx")
+    assert _would_run(pipeline) == ["import_model", *AFTER_TRAIN]
+
+
 def test_push_then_a_fresh_clone_at_the_run_commit_pulls_every_output(tmp_path: Path) -> None:
     """The local-folder remote: run (here: committed outputs), push, commit the run, clone, pull, compare."""
     from dvc.repo import Repo

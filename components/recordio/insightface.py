@@ -82,6 +82,11 @@ class FaceRecordDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def label(self, i: int) -> int:
+        """The class of sample ``i``, without decoding its image."""
+        header, _ = unpack_header(self.reader.read(int(self.keys[i])))
+        return int(header.label if isinstance(header.label, numbers.Number) else header.label[0])
+
     def read(self, i: int) -> tuple[np.ndarray, int]:
         """Decoded HxWx3 RGB uint8 image and its label, without augmentation."""
         key = int(self.keys[i])

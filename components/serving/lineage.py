@@ -38,6 +38,9 @@ class Lineage:
     # them (components/evaluation/roc.decision_thresholds): {"far_1e-4": {"cosine": .., "impostor_pairs": ..}}
     thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # flattened ``train.*`` params the model was trained with
+    # what training started from (pipelines/train.start_record): an imported model's source, SHA-256, licence
+    # and conversion; None for random weights
+    start: dict[str, Any] | None = None
     gate_status: str | None = None
     gate_reasons: tuple[str, ...] = ()
     mlflow_run_id: str | None = None

@@ -19,9 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from components.heads import CombinedMarginLoss, CurricularFace, PartialFC
-from components.models import get_model
+from components.models.loading import load_start
 from components.recordio.format import unpack_header
 from components.recordio.insightface import FaceRecordDataset, read_property
+from components.training.centres import class_mean_centres
 from components.training.checkpoint import load_checkpoint, save_checkpoint
 from components.training.config import TrainConfig
 from components.training.optim import build_optimizer, build_scheduler
@@ -91,9 +92,10 @@ def _batches(dataset: FaceRecordDataset, cfg: TrainConfig, session: Session, epo
 
 
 def build_backbone(cfg: TrainConfig) -> nn.Module:
-    """The backbone as this run trains it: NHWC when ``channels_last``, compiled in place when ``compile``
-    (``Module.compile`` keeps the state-dict keys, so checkpoints and export read it as usual)."""
-    model = get_model(cfg.backbone, cfg.embedding_size)
+    """The backbone as this run trains it, from ``init_from``'s weights when set: NHWC when ``channels_last``,
+    compiled in place when ``compile`` (``Module.compile`` keeps the state-dict keys, so checkpoints and export
+    read it as usual)."""
+    model = load_start(cfg.backbone, cfg.embedding_size, cfg.init_from)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -102,13 +104,16 @@ def build_backbone(cfg: TrainConfig) -> nn.Module:
 
 
 def forward_backward(backbone: nn.Module, head: PartialFC, scaler: torch.amp.GradScaler, cfg: TrainConfig,
-                     images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+                     images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                     train_backbone: bool = True) -> float:
     """One micro-batch: forward (autocast per ``precision``), loss / ``grad_accumulation``, scaled backward.
-    Returns the loss; reading it waits for the GPU, as the loop needs it for the non-finite guard anyway."""
+    Returns the loss; reading it waits for the GPU, as the loop needs it for the non-finite guard anyway.
+    Without ``train_backbone`` (``freeze_backbone_steps``) the backbone runs without autograd: only the head
+    gets a gradient, and the backbone's optimiser state does not gather the frozen steps' gradients."""
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     images = images.to(device, non_blocking=True, memory_format=memory_format)
     labels = labels.to(device, non_blocking=True)
-    with _autocast(cfg, device):
+    with _autocast(cfg, device), torch.set_grad_enabled(train_backbone):
         embeddings = backbone(images)
     loss = head(embeddings, labels) / cfg.grad_accumulation
     scaler.scale(loss).backward()
@@ -136,15 +141,22 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     steps_per_epoch = len(dataset) // (cfg.batch_size * session.world_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
 
-    backbone = session.wrap_model(build_backbone(cfg))
+    resume = session.resume_dir()
+    backbone = build_backbone(cfg).to(session.device)
     head = PartialFC(build_margin(cfg), cfg.embedding_size, num_classes, cfg.sample_rate, seed=cfg.seed)
+    if cfg.init_from and resume is None:
+        centres, found = class_mean_centres(backbone, dataset, head.class_start, head.num_local,
+                                            cfg.embedding_size, cfg.batch_size, session.device)
+        with torch.no_grad():
+            head.weight[found] = centres[found]
+    backbone = session.wrap_model(backbone)
     head.to(session.device)
     optimizer = build_optimizer(backbone, head, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler(session.device.type, enabled=cfg.precision == "fp16"
                                   and session.device.type == "cuda")
     step, history = 0, []
-    if (resume := session.resume_dir()) is not None:
+    if resume is not None:
         step, extra = load_checkpoint(resume, backbone, head, optimizer, scheduler)
         history = extra.get("history", [])
 
@@ -158,7 +170,8 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
                 break
             loss_sum = 0.0
             for _ in range(cfg.grad_accumulation):
-                loss_sum += forward_backward(backbone, head, scaler, cfg, *next(micro_batches), session.device)
+                loss_sum += forward_backward(backbone, head, scaler, cfg, *next(micro_batches), session.device,
+                                             train_backbone=step >= cfg.freeze_backbone_steps)
             if not math.isfinite(loss_sum):
                 # The loss is global, so every worker skips the same step and stays in lock-step.
                 optimizer.zero_grad(set_to_none=True)
@@ -178,7 +191,7 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
             window_steps += 1
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - window_start
-                history.append({"step": step, "epoch": epoch, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
+                history.append({"step": step, "epoch": epoch, "loss": loss_sum, "lr": scheduler.get_last_lr()[-1],
                                 "samples_per_s": window_steps * cfg.batch_size * session.world_size / elapsed})
                 window_start, window_steps = time.perf_counter(), 0
                 if session.rank == 0:

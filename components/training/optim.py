@@ -18,7 +18,8 @@ def build_optimizer(backbone: nn.Module, head: PartialFC, cfg: TrainConfig) -> t
     (components/training/lazy_sgd.py); the optimiser keeps the sampled rows current through
     ``head.attach_row_reader``. AdamW's update of a row without gradient is not linear (its second moment enters
     through a square root), so it has no such closed form and is refused below sample rate 1."""
-    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": [head.weight]}]
+    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad], "lr": cfg.lr * cfg.backbone_lr_scale},
+              {"params": [head.weight], "lr": cfg.lr}]
     if cfg.optimizer == "sgd":
         groups[1]["centres"] = True  # updated in place by LazySGD, lazily where the gradient is row-sparse
         optimizer = LazySGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -41,5 +42,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """One schedule for both groups, scaling each group's own base rate (the backbone's: ``backbone_lr_scale``)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_steps, cfg.schedule))

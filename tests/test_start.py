@@ -1,0 +1,106 @@
+"""[L] Starting from a pretrained model: the weights a run starts from equal the source before step 1, class
+centres start at each class's normalised mean embedding, and a frozen backbone does not move."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from components.heads.partial_fc import PartialFC
+from components.imports.sface import SFACE, check_faces, import_packaged
+from components.models import get_model
+from components.models.loading import load_start
+from components.recordio.insightface import FaceRecordDataset
+from components.training import loop
+from components.training.config import TrainConfig
+from components.training.sessions import LocalSession
+from tests.training_data import write_tiny_faces
+
+
+@pytest.fixture(scope="module")
+def sface(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("import")
+    import_packaged(SFACE, root, check_faces())
+    return root / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_faces(tmp_path_factory.mktemp("faces") / "packed", classes=4, per_class=6)
+
+
+def _ort(path: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": images.astype(np.float32)})[0]
+
+
+def test_an_onnx_start_equals_its_source_and_a_wrong_size_is_named(sface: Path) -> None:
+    model = load_start("onnx", 128, sface).eval()
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        ours = model(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(ours, _ort(sface, images), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="model.onnx: embeds to 128 dimensions, train.embedding_size is 512"):
+        load_start("onnx", 512, sface)
+    with pytest.raises(ValueError, match="needs train.backbone onnx"):
+        load_start("mbf", 128, sface)
+
+
+def test_a_backbone_pth_start_equals_its_file(tmp_path: Path) -> None:
+    """arcface_torch saves ``backbone.pth`` from the bare module; a DDP-wrapped save has ``module.`` keys."""
+    torch.manual_seed(3)
+    source = get_model("mbf", 64).state_dict()
+    torch.save({f"module.{k}": v for k, v in source.items()}, tmp_path / "backbone.pth")
+    started = load_start("mbf", 64, tmp_path / "backbone.pth").state_dict()
+    assert started.keys() == source.keys() and all(torch.equal(started[k], source[k]) for k in source)
+    with pytest.raises(ValueError, match=r"backbone.pth: weights do not match train.backbone r18"):
+        load_start("r18", 64, tmp_path / "backbone.pth")
+
+
+def test_centres_start_at_the_normalised_class_means_and_a_frozen_backbone_stays(
+        tmp_path: Path, data: Path, sface: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    heads: list[PartialFC] = []
+    monkeypatch.setattr(loop, "PartialFC", lambda *a, **k: heads.append(PartialFC(*a, **k)) or heads[-1])
+
+    class Watching(LocalSession):
+        """Sees the backbone and head as training receives them, before step 1."""
+
+        def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+            self.start_state = {k: v.clone() for k, v in model.state_dict().items()}
+            self.start_centres = heads[-1].weight.detach().clone()
+            self.backbone = model
+            return super().wrap_model(model)
+
+    cfg = TrainConfig(data_dir=str(data), out_dir=str(tmp_path), backbone="onnx", embedding_size=128,
+                      init_from=str(sface), batch_size=8, max_steps=2, freeze_backbone_steps=2, lr=0.05,
+                      loader_workers=0, num_workers=1, sample_rate=1.0, checkpoint_every=2, log_every=1)
+    session = Watching(tmp_path / "ckpt")
+    result = loop.train_worker(cfg, session)
+    assert result["step"] == 2
+
+    # the backbone as training received it computes what the imported file computes
+    faces = FaceRecordDataset(data, random_flip=False)
+    images = np.stack([faces[i][0].numpy() for i in range(len(faces))])
+    labels = np.array([faces.label(i) for i in range(len(faces))])
+    reference = _ort(sface, images)
+    fresh = load_start("onnx", 128, sface)
+    fresh.load_state_dict(session.start_state)
+    with torch.no_grad():
+        np.testing.assert_allclose(fresh.eval()(torch.from_numpy(images)).numpy(), reference, atol=1e-4, rtol=1e-4)
+
+    # centres: mean of the L2-normalised embeddings of each class, normalised (ONNX Runtime, independently)
+    unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    means = np.stack([unit[labels == c].mean(0) for c in range(4)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_allclose(session.start_centres.numpy(), means, atol=1e-4)
+
+    # freeze_backbone_steps 2: after two steps only the centres (and BatchNorm statistics) moved
+    trained = dict(session.backbone.named_parameters())
+    assert all(torch.equal(p, session.start_state[name]) for name, p in trained.items())
+    assert not torch.equal(heads[-1].weight.detach(), session.start_centres)
+    assert json.dumps(result["history"])  # plain values, as reported

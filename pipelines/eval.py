@@ -102,7 +102,8 @@ def run(params: Params) -> dict[str, Any]:
     report: dict[str, Any] = {"model": str(p.model)}
     curves: dict[str, Curve] = {}
     with timed(report), atomic_dir(p.out_dir) as tmp:
-        needs_model = bool(p.verification) or (p.ijbc_root is not None and p.ijbc_features is None)
+        needs_model = (bool(p.verification) or p.ijbc_hard_root is not None
+                       or (p.ijbc_root is not None and p.ijbc_features is None))
         embedder = _load_embedder(p.model) if needs_model else None
         if p.ijbc_root is not None:
             metrics, curves[p.ijbc_target], arrays = evaluate_ijbc_set(p.ijbc_root, p.ijbc_target, options,
@@ -112,11 +113,15 @@ def run(params: Params) -> dict[str, Any]:
             if p.save_features and "features" in arrays:
                 np.save(tmp / "ijbc" / "features.npy", arrays["features"])
             report[p.ijbc_target] = metrics
+        hard = f"{p.ijbc_target}_hard"
+        if p.ijbc_hard_root is not None:  # the same people, degraded: where good models differ (the gate's set)
+            report[hard], curves[hard], _ = evaluate_ijbc_set(p.ijbc_hard_root, p.ijbc_target, options, embedder,
+                                                              None)
         report["verification"] = {}
         for name, path in p.verification.items():
             assert embedder is not None
             report["verification"][name], curves[name] = evaluate_bin_set(path, embedder, options, p.folds)
-        rows = {p.ijbc_target: report[p.ijbc_target]} if p.ijbc_root is not None else {}
+        rows = {k: report[k] for k in (p.ijbc_target, hard) if k in report}
         _write_curves(tmp, curves, options.fars, rows | report["verification"])
     write_report(STAGE, report)
     return report

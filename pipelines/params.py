@@ -111,6 +111,8 @@ class TrainParams(_Section):
     backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="the backbone's lr relative to lr (the head's): "
                                      "below 1 a pretrained backbone moves less than its new centres")
     freeze_backbone_steps: int = Field(0, ge=0, description="first steps update the head only")
+    degrade_fraction: float = Field(0.0, ge=0, le=1, description="fraction of training faces given one of the "
+                                    "hard eval set's degradations (low resolution, blur, JPEG, occlusion, lighting)")
     margin: Literal["combined", "curricular"] = "combined"
     s: float = Field(64.0, gt=0)
     m1: float = Field(1.0, ge=1)
@@ -167,6 +169,9 @@ class EvalParams(_Section):
 
     model: Path = Field(Path("data/train"), description="train output folder (backbone.pth + model.json) or .onnx")
     ijbc_root: Path | None = Field(Path("data/eval_sets/ijbc_mini"), description="IJB layout: meta/ + loose_crop/")
+    ijbc_hard_root: Path | None = Field(Path("data/eval_sets/ijbc_hard"), description="the same held-out people "
+                                        "with low resolution, blur, JPEG, occlusion, lighting and rotation "
+                                        "(reported as <ijbc_target>_hard; the gate's set)")
     ijbc_target: Literal["ijbc", "ijbb"] = "ijbc"
     ijbc_features: Path | None = Field(None, description="precomputed per-image features .npy (skips embedding)")
     flip: bool = Field(True, description="embedding = f(face) + f(mirrored face)")

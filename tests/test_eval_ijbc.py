@@ -119,13 +119,17 @@ def test_bad_features_are_refused(eval_sets: Path, tmp_path: Path) -> None:
 def test_eval_stage_reports_and_failure_leaves_previous_results(eval_sets: Path, model_dir: Path,
                                                                workdir: Path) -> None:
     overrides = [f"eval.model={model_dir}", f"eval.ijbc_root={eval_sets / 'ijbc_mini'}", "eval.loader_workers=0",
+                 f"eval.ijbc_hard_root={eval_sets / 'ijbc_hard'}",
                  f"eval.verification={{holdout: {eval_sets / 'orl_holdout.bin'}}}", "eval.folds=4"]
     shutil.copy(Path(__file__).parents[1] / "params.yaml", workdir / "params.yaml")
     report = eval_stage.run(load_params(workdir / "params.yaml", overrides))
     holdout = report["verification"]["holdout"]
     assert holdout["pairs"] == 40 and 0 <= holdout["accuracy"] <= 1
-    assert json.loads((workdir / "reports" / "eval.json").read_text())["ijbc"]["pairs"] == 190
-    for name in ("roc.png", "tar_far.md", "roc/ijbc.csv", "roc/holdout.csv", "ijbc/scores.npy", "ijbc/features.npy"):
+    written = json.loads((workdir / "reports" / "eval.json").read_text())
+    assert written["ijbc"]["pairs"] == written["ijbc_hard"]["pairs"] == 190  # the same templates, degraded
+    assert written["ijbc_hard"]["images"] == report["ijbc_hard"]["images"] > 0
+    for name in ("roc.png", "tar_far.md", "roc/ijbc.csv", "roc/ijbc_hard.csv", "roc/holdout.csv", "ijbc/scores.npy",
+                 "ijbc/features.npy"):
         assert (workdir / "data" / "eval" / name).is_file(), name
     assert "| holdout |" in (workdir / "data" / "eval" / "tar_far.md").read_text()
     before = _digest(workdir / "data" / "eval"), (workdir / "reports" / "eval.json").read_bytes()

@@ -103,7 +103,8 @@ def test_gate_command(tmp_path: Path, workdir: Path) -> None:
     _reports(workdir)
     shutil.copy(Path(__file__).parents[1] / "params.yaml", workdir / "params.yaml")
     args = ["gate", "--params", str(workdir / "params.yaml"), "--set", "gate.require_dvc_up_to_date=false",
-            "--set", f"publish.model={workdir / 'model.onnx'}", "--set", "gate.tracked=[verification.lfw.accuracy]",
+            "--set", f"publish.model={workdir / 'model.onnx'}", "--set", "gate.metric=ijbc.tar_at_far_1e-4",
+            "--set", "gate.tracked=[verification.lfw.accuracy]",
             "--set", "gate.floors={ijbc.tar_at_far_1e-4: 0.5, verification.lfw.accuracy: 0.9}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

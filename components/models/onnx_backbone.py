@@ -27,6 +27,22 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _without_dropout(model: onnx.ModelProto) -> int:
+    """Remove ``Dropout`` nodes (identity at inference, which is all an exported model's graph is for); returns
+    how many. onnx2torch keeps their ratio as a tensor input, which ``torch.export`` cannot trace, so a model
+    that kept one would train but not export. The source's training-time dropout is not reproduced."""
+    graph = model.graph
+    dropouts = [n for n in graph.node if n.op_type == "Dropout"]
+    for node in dropouts:
+        for other in graph.node:
+            other.input[:] = [node.input[0] if i == node.output[0] else i for i in other.input]
+        for output in graph.output:
+            if output.name == node.output[0]:
+                raise ValueError("a Dropout produces the model's output; nothing to rewire it to")
+        graph.node.remove(node)
+    return len(dropouts)
+
+
 def from_onnx(path: Path | str) -> nn.Module:
     """The ONNX model at ``path`` as a PyTorch module with the same weights (train mode, as any new model)."""
     from onnx2torch import convert
@@ -35,6 +51,7 @@ def from_onnx(path: Path | str) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (the import_model stage writes it)")
     model = onnx.load(str(path))
+    _without_dropout(model)
     if _opset(model) > MAX_OPSET:
         model = version_converter.convert_version(model, MAX_OPSET)
     try:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from components.align.similarity import ARCFACE_TEMPLATE
+from components.augment.degrade import ALIGNED_KINDS, degrade
 from components.recordio.format import RecordIOError, RecordReader, RecordWriter, pack_header, unpack_header
 
 
@@ -56,7 +58,8 @@ def read_property(root: Path) -> tuple[int, int, int]:
 class FaceRecordDataset(Dataset):
     """Reads ``train.rec`` like arcface_torch's MXFaceDataset: RGB, random horizontal flip, [-1, 1] CHW."""
 
-    def __init__(self, root: Path | str, random_flip: bool = True, seed: int | None = None) -> None:
+    def __init__(self, root: Path | str, random_flip: bool = True, seed: int | None = None,
+                 degrade_fraction: float = 0.0) -> None:
         root = Path(root)
         self.reader = RecordReader(root / "train.rec", root / "train.idx")
         if not self.reader.keys:
@@ -66,6 +69,7 @@ class FaceRecordDataset(Dataset):
         else:  # datasets without the class-range header: every record is an image
             self.keys = np.asarray(self.reader.keys, dtype=np.int64)
         self.random_flip = random_flip
+        self.degrade_fraction = degrade_fraction
         self.seed = seed
         self.epoch = 0
 
@@ -97,8 +101,18 @@ class FaceRecordDataset(Dataset):
             raise RecordIOError(f"{self.reader.rec_path}: record {key} does not hold a decodable image")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), int(label)
 
+    def _degraded(self, i: int, rgb: np.ndarray) -> np.ndarray:
+        """With probability ``degrade_fraction``, one of the hard eval set's degradations (not rotation: an
+        aligned crop stays aligned), seeded like the flip."""
+        rng = np.random.default_rng([self.seed, self.epoch, i, 1] if self.seed is not None else None)
+        if rng.random() >= self.degrade_fraction:
+            return rgb
+        return degrade(rng, np.ascontiguousarray(rgb), ARCFACE_TEMPLATE, count=1, kinds=ALIGNED_KINDS)[0]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rgb, label = self.read(i)
+        if self.degrade_fraction > 0:
+            rgb = self._degraded(i, rgb)
         if self.random_flip and self._flip(i):
             rgb = rgb[:, ::-1]
         tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.align.similarity import align_face
+from components.augment.degrade import degrade
 from components.detect.centerface import CenterFaceDetector, bundled_centerface_path
 from components.evaluation.verification import write_bin
 from components.io.atomic import atomic_dir
@@ -94,8 +95,10 @@ def _view(rng: np.random.Generator, source: SourceFace, pose: np.ndarray | None 
 
 
 def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: EvalSetConfig,
-                    target: str = "ijbc") -> dict[str, int]:
-    rng = np.random.default_rng([config.seed, 1])
+                    target: str = "ijbc", hard: bool = False) -> dict[str, int]:
+    """The IJB-C layout from ``sources``; ``hard``: every image also suffers two degradations (low resolution,
+    blur, strong JPEG, occlusion, lighting, rotation: components/augment/degrade.py), from its own seed."""
+    rng = np.random.default_rng([config.seed, 3 if hard else 1])
     crops, meta = root / "loose_crop", root / "meta"
     crops.mkdir(parents=True)
     meta.mkdir()
@@ -103,7 +106,7 @@ def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: Ev
     template_subject: list[int] = []
     image_no, media_no = 0, 0
     jobs = [(s, t) for s in sources for t in range(config.templates_per_subject)]
-    for subject, _ in tqdm(jobs, desc="ijbc mini", unit="template", disable=None):
+    for subject, _ in tqdm(jobs, desc=root.name, unit="template", disable=None):
         template_id = len(template_subject) + 1
         template_subject.append(subject)
         picks = rng.choice(len(sources[subject]), size=int(rng.integers(1, config.max_media_per_template + 1)),
@@ -113,6 +116,8 @@ def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: Ev
             pose = None
             for frame in range(int(rng.integers(1, config.max_frames_per_media + 1))):
                 img, lmk, pose = _view(rng, sources[subject][pick], pose, jitter=1.0 if frame else 0.0)
+                if hard:
+                    img, lmk, _ = degrade(rng, img, lmk)
                 image_no += 1
                 name = f"{image_no}.jpg"
                 (crops / name).write_bytes(encode_jpeg(img, int(rng.integers(*config.jpeg_quality))))
@@ -170,11 +175,13 @@ def write_verification_bin(path: Path, sources: dict[int, list[SourceFace]], con
 
 
 def write_eval_sets(out_dir: Path, config: EvalSetConfig) -> dict[str, dict[str, int]]:
-    """``out_dir/ijbc_mini/`` (IJB-C layout) and ``out_dir/orl_holdout.bin``, written as one atomic folder."""
+    """``out_dir/ijbc_mini/`` and its degraded twin ``out_dir/ijbc_hard/`` (IJB-C layout), and
+    ``out_dir/orl_holdout.bin``, written as one atomic folder."""
     if len(config.subjects) < 2:
         raise ValueError("the evaluation sets need at least 2 held-out subjects")
     sources = detect_sources(config.subjects)
     with atomic_dir(out_dir) as tmp:
         ijbc = write_ijbc_mini(tmp / "ijbc_mini", sources, config)
+        hard = write_ijbc_mini(tmp / "ijbc_hard", sources, config, hard=True)
         verification = write_verification_bin(tmp / "orl_holdout.bin", sources, config)
-    return {"ijbc_mini": ijbc, "orl_holdout": verification}
+    return {"ijbc_mini": ijbc, "ijbc_hard": hard, "orl_holdout": verification}

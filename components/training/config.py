@@ -13,6 +13,7 @@ class TrainConfig:
     backbone: str = "r18"  # or "onnx": the architecture of ``init_from``
     init_from: str | None = None  # start weights: backbone.pth, a train folder or an .onnx (models/loading.py)
     backbone_lr_scale: float = 1.0  # the backbone's learning rate relative to the head's ``lr``
+    degrade_fraction: float = 0.0  # training faces degraded like the hard eval set (components/augment)
     freeze_backbone_steps: int = 0  # first steps train the head only (a pretrained start's centres settle)
     embedding_size: int = 512
     margin: Literal["combined", "curricular"] = "combined"

@@ -136,7 +136,7 @@ def optimiser_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 
 def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
-    dataset = FaceRecordDataset(cfg.data_dir, seed=cfg.seed)
+    dataset = FaceRecordDataset(cfg.data_dir, seed=cfg.seed, degrade_fraction=cfg.degrade_fraction)
     num_classes = check_inputs(cfg, dataset, session.world_size)
     steps_per_epoch = len(dataset) // (cfg.batch_size * session.world_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -145,7 +145,8 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     backbone = build_backbone(cfg).to(session.device)
     head = PartialFC(build_margin(cfg), cfg.embedding_size, num_classes, cfg.sample_rate, seed=cfg.seed)
     if cfg.init_from and resume is None:
-        centres, found = class_mean_centres(backbone, dataset, head.class_start, head.num_local,
+        clean = FaceRecordDataset(cfg.data_dir, random_flip=False)
+        centres, found = class_mean_centres(backbone, clean, head.class_start, head.num_local,
                                             cfg.embedding_size, cfg.batch_size, session.device)
         with torch.no_grad():
             head.weight[found] = centres[found]

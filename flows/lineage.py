@@ -30,6 +30,7 @@ def registry_lineage(client: Any, params: Params, version: Any) -> Lineage:
                    metrics=metrics, thresholds=json.loads(tags.get("thresholds", "{}")),
                    params={k: v for k, v in run.data.params.items() if k.startswith("train.")},
                    start=json.loads(tags["start"]) if tags.get("start") else None,
+                   teacher=json.loads(tags["teacher"]) if tags.get("teacher") else None,
                    gate_status=tags.get("gate.status"),
                    gate_reasons=tuple(r for r in tags.get("gate.reasons", "").split("; ") if r),
                    mlflow_run_id=version.run_id, mlflow_model_version=str(version.version),
@@ -96,7 +97,8 @@ def _start_text(start: dict[str, Any] | None) -> str:
         return "random weights"
     if start.get("source"):
         return f"{start['source']} (sha256 {start['source_sha256'][:12]}, licence {start['licence']})"
-    return f"{start['init_from']}" + (f" (sha256 {start['sha256'][:12]})" if start.get("sha256") else "")
+    path = start.get("init_from") or start.get("teacher")
+    return f"{path}" + (f" (sha256 {start['sha256'][:12]})" if start.get("sha256") else "")
 
 
 def render_text(record: dict[str, Any]) -> str:
@@ -108,6 +110,7 @@ def render_text(record: dict[str, Any]) -> str:
              f"  variant           {lineage.get('served_variant') or '-'}"
              + (f" ({lineage['served_variant_reason']})" if lineage.get("served_variant_reason") else ""),
              f"  started from      {_start_text(lineage.get('start'))}",
+             f"  distilled from    {_start_text(lineage['teacher']) if lineage.get('teacher') else '-'}",
              f"  git revision      {lineage['git_revision']}",
              f"  training data     DVC md5 {lineage['dvc_data_hash']}",
              f"  dvc.lock          sha256 {lineage['dvc_lock_sha256'] or '-'}",

@@ -85,7 +85,8 @@ def _start_line(start: dict[str, Any] | None) -> str:
     if start.get("source"):
         return (f"`{start['source']}` (SHA-256 `{start['source_sha256']}`, licence {start['licence']}, converted: "
                 f"{json.dumps(start.get('conversion', {}), sort_keys=True)})")
-    return f"`{start['init_from']}`" + (f" (SHA-256 `{start['sha256']}`)" if start.get("sha256") else "")
+    path = start.get("init_from") or start.get("teacher")
+    return f"`{path}`" + (f" (SHA-256 `{start['sha256']}`)" if start.get("sha256") else "")
 
 
 def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate: dict[str, Any]) -> str:
@@ -102,6 +103,7 @@ def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate
         f"- served variant: {lineage.served_variant or 'unknown'}"
         + (f" ({lineage.served_variant_reason})" if lineage.served_variant_reason else ""),
         f"- started from: {_start_line(lineage.start)}",
+        f"- distilled from: {_start_line(lineage.teacher) if lineage.teacher else 'no teacher'}",
         f"- backbone `{t.backbone}`, margin `{t.margin}` (s={t.s}, m1={t.m1}, m2={t.m2}, m3={t.m3}), "
         f"Partial FC sample rate {t.sample_rate}, {t.max_steps} steps x {t.batch_size} per worker "
         f"on {t.num_workers} workers, {t.precision}",
@@ -146,8 +148,8 @@ def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dic
                                ("dvc_commit", lineage.dvc_commit), ("served_variant", lineage.served_variant),
                                ("served_variant_reason", lineage.served_variant_reason)) if v}
     tags |= lineage.threshold_tags("threshold.")
-    if lineage.start:
-        tags["start"] = json.dumps(lineage.start, sort_keys=True)
+    tags |= {k: json.dumps(v, sort_keys=True) for k, v in (("start", lineage.start), ("teacher", lineage.teacher))
+             if v}
     existing = _registered_by_this_flow_run(client, name, tags)
     if existing is not None:
         return existing

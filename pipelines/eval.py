@@ -17,6 +17,7 @@ from components.evaluation.ijbc_meta import read_ijbc_meta
 from components.evaluation.plots import plot_roc, tar_far_markdown, write_roc_csv
 from components.evaluation.roc import roc_points, roc_summary, split_scores
 from components.io.atomic import atomic_dir, write_json
+from components.io.checksums import sha256_file
 from components.io.npy_rows import NpyRows
 from pipelines.common import timed, write_report
 from pipelines.params import EvalParams, Params
@@ -99,7 +100,8 @@ def _load_embedder(model: Path) -> Embedder:
 def run(params: Params) -> dict[str, Any]:
     p = params.eval
     options = ijbc_options(p)
-    report: dict[str, Any] = {"model": str(p.model)}
+    report: dict[str, Any] = {"model": str(p.model),
+                              "model_sha256": sha256_file(p.model) if p.model.is_file() else None}
     curves: dict[str, Curve] = {}
     with timed(report), atomic_dir(p.out_dir) as tmp:
         needs_model = (bool(p.verification) or p.ijbc_hard_root is not None

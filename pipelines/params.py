@@ -111,6 +111,9 @@ class TrainParams(_Section):
     backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="the backbone's lr relative to lr (the head's): "
                                      "below 1 a pretrained backbone moves less than its new centres")
     freeze_backbone_steps: int = Field(0, ge=0, description="first steps update the head only")
+    teacher: Path | None = Field(None, description="an .onnx embedder in the served contract (the import_model "
+                                 "stage's) whose embeddings the student also learns to match")
+    distill_weight: float = Field(1.0, ge=0, description="weight of the distillation term (1 - cosine to the teacher)")
     degrade_fraction: float = Field(0.0, ge=0, le=1, description="fraction of training faces given one of the "
                                     "hard eval set's degradations (low resolution, blur, JPEG, occlusion, lighting)")
     margin: Literal["combined", "curricular"] = "combined"

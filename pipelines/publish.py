@@ -77,12 +77,12 @@ def file_lineage(params: Params, onnx_path: Path) -> Lineage:
     thresholds = evaluated.get(params.eval.ijbc_target, {}).get("thresholds", {})
     train = {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
     train_report = REPORTS / "train.json"
-    start = json.loads(train_report.read_text()).get("start") if train_report.is_file() else None
+    trained = json.loads(train_report.read_text()) if train_report.is_file() else {}
     sha = sha256_file(onnx_path)
     variant, reason = served_variant(sha)
     return Lineage(model_sha256=sha, git_revision=_git_revision(), dvc_data_hash=_data_hash(params),
                    served_variant=variant, served_variant_reason=reason, metrics=metrics, thresholds=thresholds,
-                   params=train, start=start)
+                   params=train, start=trained.get("start"), teacher=trained.get("teacher"))
 
 
 def serving_options(p: PublishParams, lineage: Lineage) -> ServingOptions:

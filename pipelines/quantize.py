@@ -1,17 +1,19 @@
 """DVC stage ``quantize``: FP32 ONNX -> static INT8 (QDQ), and the verdict on which of the two to serve.
 
 Both models are evaluated with the eval stage's own protocol and held-out sets (``eval.ijbc_root``,
-``eval.verification``), their embeddings of the eval faces are compared (mean cosine), and their throughput is
-measured side by side on the same faces (``speed_batches``, ``speed_threads``). INT8 is served only when it stays
-within ``quantize.max_accuracy_drop`` / ``max_tar_drop`` / ``min_cosine`` **and** is at least
-``quantize.min_speedup`` times as fast as FP32 at every measured batch
-size; otherwise FP32 is, and ``reports/quantize.json`` says why (``serve``, ``serve_reasons``). The chosen
-variant is written as ``<out_dir>/model.onnx`` (``publish.model``'s default), next to ``model.int8.onnx``.
+``eval.verification``; FP32's figures and features are the eval stage's when it evaluated the same file, as with
+``eval.model: data/export/model.onnx``), their embeddings of the eval faces are compared (mean cosine), and their
+throughput is measured side by side on the same faces (``speed_batches``, ``speed_threads``). INT8 is served only
+when it stays within ``quantize.max_accuracy_drop`` / ``max_tar_drop`` / ``min_cosine`` **and** is at least
+``quantize.min_speedup`` times as fast as FP32 at every measured batch size; otherwise FP32 is, and
+``reports/quantize.json`` says why (``serve``, ``serve_reasons``). The chosen variant is written as
+``<out_dir>/model.onnx`` (``publish.model``'s default), next to ``model.int8.onnx``.
 An INT8 model that is slower or less accurate is a verdict, not a failure: the stage succeeds and FP32 is served.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from components.export.faces import sample_faces
 from components.export.speed import compare_throughput
 from components.io.atomic import atomic_dir
 from components.io.checksums import sha256_file
-from pipelines.common import timed, write_report
+from pipelines.common import REPORTS, timed, write_report
 from pipelines.eval import evaluate_bin_set, evaluate_ijbc_set, ijbc_options
 from pipelines.params import Params
 
@@ -43,6 +45,23 @@ def _measure(embedder: Embedder, params: Params) -> tuple[dict[str, Any], np.nda
         metrics["ijbc"], _, arrays = evaluate_ijbc_set(e.ijbc_root, e.ijbc_target, options, embedder, None)
         features = arrays["features"]
     return metrics, features
+
+
+def _fp32_from_eval(params: Params, model: Path) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The eval stage's own measurement of ``model`` (same file, same eval params: the params file is shared),
+    when it ran on it and kept its IJB features; else None and the FP32 model is measured here."""
+    report_path, features = REPORTS / "eval.json", params.eval.out_dir / "ijbc" / "features.npy"
+    if not report_path.is_file():
+        return None
+    evaluated = json.loads(report_path.read_text())
+    if evaluated.get("model_sha256") != sha256_file(model):
+        return None
+    metrics = {"verification": evaluated["verification"]}
+    if params.eval.ijbc_root is None:
+        return metrics, np.empty((0, 0), np.float32)
+    if not features.is_file() or params.eval.ijbc_target not in evaluated:
+        return None
+    return metrics | {"ijbc": evaluated[params.eval.ijbc_target]}, np.load(features)
 
 
 def _drops(fp32: dict[str, Any], int8: dict[str, Any], params: Params) -> tuple[dict[str, float], list[str]]:
@@ -85,7 +104,7 @@ def run(params: Params) -> dict[str, Any]:
         int8_path = tmp / "model.int8.onnx"
         report["quantization"] = quantize_int8(Path(q.model), int8_path, faces, q.method, q.per_channel,
                                                q.keep_edges_float, decompose_prelu=q.decompose_prelu)
-        fp32, fp32_feats = _measure(OnnxEmbedder(q.model), params)
+        fp32, fp32_feats = _fp32_from_eval(params, Path(q.model)) or _measure(OnnxEmbedder(q.model), params)
         int8, int8_feats = _measure(OnnxEmbedder(int8_path), params)
         report.update(fp32=fp32, int8=int8)
         if not fp32_feats.size:  # no IJB set: the calibration faces stand in for the eval faces

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -25,6 +26,7 @@ from components.recordio.insightface import FaceRecordDataset
 from components.training.batchnorm import recalibrate_batchnorm
 from components.training.checkpoint import TRAINER
 from components.training.config import TrainConfig
+from components.training.distill import teacher_targets
 from components.training.plots import plot_loss
 from components.training.ray_runner import delete_run, local_copy, run_on_ray
 from pipelines.common import REPORTS, timed, write_report
@@ -32,6 +34,7 @@ from pipelines.params import Params, TrainParams, runtime_settings
 
 STAGE = "train"
 ARCHITECTURE = "architecture.onnx"
+TEACHER_TARGETS = "teacher_targets.npy"
 
 
 def run_name(params: Params) -> str:
@@ -42,27 +45,25 @@ def run_name(params: Params) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     packed = Path(params.pack.out_dir)
     inputs = [packed / "property", packed / "train.idx"]  # the index holds every record's offset
-    if p.init_from is not None:  # the same path may hold another start model
-        start = Path(p.init_from)
-        inputs += sorted(f for f in start.rglob("*") if f.is_file()) if start.is_dir() else [start]
+    for model in (p.init_from, p.teacher):  # the same path may hold another model
+        if model is not None:
+            inputs += sorted(f for f in Path(model).rglob("*") if f.is_file()) if Path(model).is_dir() else [model]
     for path in inputs:
         digest.update(sha256_file(path).encode() if path.is_file() else b"missing")
     return f"{STAGE}-{digest.hexdigest()[:16]}"
 
 
-def start_record(params: Params) -> dict[str, Any] | None:
-    """What the run started from, for the version's lineage: ``None`` (random weights), the import_model
-    stage's record (source, its SHA-256 and licence, the conversion) when ``train.init_from`` is that stage's
-    model, else the path and the file's SHA-256."""
-    init_from = params.train.init_from
-    if init_from is None:
+def model_record(params: Params, path: Path | None, key: str = "init_from") -> dict[str, Any] | None:
+    """What a run started from or was taught by, for the version's lineage: ``None``, the import_model stage's
+    record (source, its SHA-256 and licence, the conversion) when ``path`` is that stage's model, else the path
+    and the file's SHA-256."""
+    if path is None:
         return None
     imported = Path(params.import_model.out_dir)
     record_path = imported / "model.json"
-    if Path(init_from).resolve() == (imported / "model.onnx").resolve() and record_path.is_file():
-        return {"init_from": str(init_from)} | json.loads(record_path.read_text())
-    sha = sha256_file(Path(init_from)) if Path(init_from).is_file() else None
-    return {"init_from": str(init_from), "sha256": sha}
+    if Path(path).resolve() == (imported / "model.onnx").resolve() and record_path.is_file():
+        return {key: str(path)} | json.loads(record_path.read_text())
+    return {key: str(path), "sha256": sha256_file(Path(path)) if Path(path).is_file() else None}
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -73,16 +74,23 @@ def run(params: Params) -> dict[str, Any]:
     with timed(report), atomic_dir(p.out_dir) as tmp:
         init_from = str(p.init_from) if p.init_from else None
         backbone = load_start(p.backbone, p.embedding_size, init_from)  # a bad start model fails before Ray
+        targets = None
+        if p.teacher is not None:  # once per crop here, rather than a teacher forward per sample and epoch
+            targets = tmp / TEACHER_TARGETS
+            np.save(targets, teacher_targets(Path(p.teacher), FaceRecordDataset(params.pack.out_dir,
+                                                                                random_flip=False)))
         cfg = TrainConfig(**(fields | {"data_dir": str(params.pack.out_dir), "out_dir": str(tmp),
-                                       "init_from": init_from}))
+                                       "init_from": init_from, "teacher_targets": str(targets) if targets else None}))
         result = run_on_ray(cfg, p.storage_path, name, resume_from=p.resume_from)
+        if targets is not None:
+            targets.unlink()  # a cache of the teacher, not part of the model
         checkpoint = local_copy(result.checkpoint, tmp / "checkpoint")  # resume point (re-shardable)
         trainer = torch.load(checkpoint / TRAINER, map_location="cpu", weights_only=False)
         backbone.load_state_dict(trainer["backbone"])
         bn_samples = recalibrate_batchnorm(backbone, FaceRecordDataset(params.pack.out_dir, seed=p.seed),
                                            p.bn_recalibration_samples, p.batch_size, p.seed)
         torch.save(backbone.state_dict(), tmp / "backbone.pth")
-        start = start_record(params)
+        start = model_record(params, p.init_from)
         model = {"backbone": p.backbone, "embedding_size": p.embedding_size, "input_size": [112, 112],
                  "num_classes": trainer["extra"]["num_classes"], "normalisation": "(rgb / 127.5) - 1",
                  "start": start}
@@ -102,6 +110,7 @@ def run(params: Params) -> dict[str, Any]:
                   if len(history) else 0.0,
                   workers=p.num_workers, sample_rate=p.sample_rate, backbone=p.backbone, run=name,
                   resumed_from_step=result.resumed_from_step, start=start,
+                  teacher=model_record(params, p.teacher, "teacher"),
                   bn_recalibration_samples=bn_samples)
     write_report(STAGE, report)
     return report

@@ -18,7 +18,7 @@ from flows.lock import in_workspace
 from pipelines.params import DetectParams, EvalParams, TrainParams, runtime_settings
 
 REPO = Path(__file__).parents[1]
-AFTER_TRAIN = ["train", "eval", "export", "quantize", "publish"]
+AFTER_TRAIN = ["train", "export", "eval", "quantize", "publish"]
 
 
 def _touch(path: Path) -> None:

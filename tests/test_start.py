@@ -104,3 +104,65 @@ def test_centres_start_at_the_normalised_class_means_and_a_frozen_backbone_stays
     assert all(torch.equal(p, session.start_state[name]) for name, p in trained.items())
     assert not torch.equal(heads[-1].weight.detach(), session.start_centres)
     assert json.dumps(result["history"])  # plain values, as reported
+
+
+def test_distillation_caches_the_teacher_once_and_the_student_moves_towards_it(
+        tmp_path: Path, data: Path, sface: Path) -> None:
+    from components.training.checkpoint import TRAINER
+    from components.training.distill import Distillation, WithTeacherTargets, teacher_targets
+
+    faces = FaceRecordDataset(data, random_flip=False)
+    targets = teacher_targets(sface, faces, batch_size=7)
+    images = np.stack([faces[i][0].numpy() for i in range(len(faces))])
+    for flip, batch in ((0, images), (1, images[..., ::-1])):
+        expected = _ort(sface, np.ascontiguousarray(batch))
+        np.testing.assert_allclose(targets[:, flip], expected / np.linalg.norm(expected, axis=1, keepdims=True),
+                                   atol=1e-5)
+    seeded = FaceRecordDataset(data, seed=0)
+    paired = WithTeacherTargets(seeded, targets)
+    for i in range(len(seeded)):  # the mirrored crop is taught the mirrored embedding
+        assert np.array_equal(paired[i][2].numpy(), targets[i, int(seeded.flipped(i))])
+    np.save(tmp_path / "targets.npy", targets)
+
+    cfg = TrainConfig(data_dir=str(data), out_dir=str(tmp_path), backbone="mbf", embedding_size=32,
+                      teacher_targets=str(tmp_path / "targets.npy"), distill_weight=20.0, batch_size=8, max_steps=12,
+                      lr=0.1, loader_workers=0, num_workers=1, sample_rate=1.0, checkpoint_every=12, log_every=4)
+
+    def agreement(backbone_state: dict, distill_state: dict) -> float:
+        student = get_model("mbf", 32)
+        student.load_state_dict(backbone_state)
+        distill = Distillation(32, 128, 1.0)
+        distill.load_state_dict(distill_state)
+        with torch.no_grad():
+            projected = distill.projection(student.train()(torch.from_numpy(images)))  # batch statistics:
+            # 12 steps leave the running averages far from them (what precise BN fixes in the train stage)
+        return float(torch.nn.functional.cosine_similarity(projected, torch.from_numpy(targets[:, 0])).mean())
+
+    torch.manual_seed(cfg.seed)
+    before = agreement(get_model("mbf", 32).state_dict(), Distillation(32, 128, 1.0).state_dict())
+    loop.train_worker(cfg, LocalSession(tmp_path / "ckpt"))
+    trainer = torch.load(tmp_path / "ckpt" / "checkpoint_00000012" / TRAINER, weights_only=False)
+    assert set(trainer["extra"]["distill"]) == {"projection.weight"}  # 32 -> 128: a learned projection
+    assert agreement(trainer["backbone"], trainer["extra"]["distill"]) > before + 0.2
+
+
+def test_a_trained_onnx_backbone_folder_loads_and_exports_to_what_it_computes(tmp_path: Path, sface: Path) -> None:
+    """The train stage's folder for ``backbone: onnx`` (architecture.onnx + backbone.pth + model.json) loads
+    for eval and exports through torch.export, computing the same embeddings."""
+    from components.export import export_onnx
+    from components.models.loading import load_backbone
+
+    model = load_start("onnx", 128, sface)
+    with torch.no_grad():
+        model.get_parameter("conv_1_conv2d.weight").mul_(1.01)  # "trained": no longer the file's weights
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    (tmp_path / "architecture.onnx").write_bytes(sface.read_bytes())
+    (tmp_path / "model.json").write_text(json.dumps({"backbone": "onnx", "embedding_size": 128,
+                                                     "architecture": "architecture.onnx"}))
+    loaded, _ = load_backbone(tmp_path)
+    export_onnx(loaded, tmp_path / "exported.onnx", 17, True)
+    images = np.random.default_rng(1).uniform(-1, 1, (4, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        ours = loaded(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(_ort(tmp_path / "exported.onnx", images), ours, atol=1e-4, rtol=1e-4)
+    assert np.abs(ours - _ort(sface, images)).max() > 1e-3  # the trained weights, not the architecture file's

@@ -78,7 +78,8 @@ class FaceRecordDataset(Dataset):
         same augmentation as an uninterrupted one, whatever loader worker reads the sample."""
         self.epoch = epoch
 
-    def _flip(self, i: int) -> bool:
+    def flipped(self, i: int) -> bool:
+        """Whether sample ``i`` is mirrored this epoch (the same answer every call when seeded)."""
         if self.seed is None:
             return bool(torch.rand(()) < 0.5)
         return bool(np.random.default_rng([self.seed, self.epoch, i]).random() < 0.5)
@@ -113,7 +114,7 @@ class FaceRecordDataset(Dataset):
         rgb, label = self.read(i)
         if self.degrade_fraction > 0:
             rgb = self._degraded(i, rgb)
-        if self.random_flip and self._flip(i):
+        if self.random_flip and self.flipped(i):
             rgb = rgb[:, ::-1]
         tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
         return tensor, label

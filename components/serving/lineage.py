@@ -41,6 +41,7 @@ class Lineage:
     # what training started from (pipelines/train.start_record): an imported model's source, SHA-256, licence
     # and conversion; None for random weights
     start: dict[str, Any] | None = None
+    teacher: dict[str, Any] | None = None  # the model it was distilled from (the same record), if any
     gate_status: str | None = None
     gate_reasons: tuple[str, ...] = ()
     mlflow_run_id: str | None = None

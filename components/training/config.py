@@ -14,6 +14,8 @@ class TrainConfig:
     init_from: str | None = None  # start weights: backbone.pth, a train folder or an .onnx (models/loading.py)
     backbone_lr_scale: float = 1.0  # the backbone's learning rate relative to the head's ``lr``
     degrade_fraction: float = 0.0  # training faces degraded like the hard eval set (components/augment)
+    teacher_targets: str | None = None  # [N, 2, D] .npy of a teacher's embeddings (components/training/distill.py)
+    distill_weight: float = 1.0  # weight of the distillation term, 1 - cosine to the teacher
     freeze_backbone_steps: int = 0  # first steps train the head only (a pretrained start's centres settle)
     embedding_size: int = 512
     margin: Literal["combined", "curricular"] = "combined"

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -25,6 +26,7 @@ from components.recordio.insightface import FaceRecordDataset, read_property
 from components.training.centres import class_mean_centres
 from components.training.checkpoint import load_checkpoint, save_checkpoint
 from components.training.config import TrainConfig
+from components.training.distill import Distillation, WithTeacherTargets
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.replicas import check_replicas
 
@@ -80,7 +82,8 @@ def _autocast(cfg: TrainConfig, device: torch.device):  # noqa: ANN202
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _batches(dataset: FaceRecordDataset, cfg: TrainConfig, session: Session, epoch: int, skip: int) -> DataLoader:
+def _batches(dataset: FaceRecordDataset | WithTeacherTargets, cfg: TrainConfig, session: Session, epoch: int,
+             skip: int) -> DataLoader:
     """This worker's micro-batches for ``epoch``, starting after ``skip`` optimiser steps (exact resume)."""
     dataset.set_epoch(epoch)
     sampler = DistributedSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
@@ -105,17 +108,22 @@ def build_backbone(cfg: TrainConfig) -> nn.Module:
 
 def forward_backward(backbone: nn.Module, head: PartialFC, scaler: torch.amp.GradScaler, cfg: TrainConfig,
                      images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                     train_backbone: bool = True) -> float:
+                     train_backbone: bool = True, targets: torch.Tensor | None = None,
+                     distill: Distillation | None = None) -> float:
     """One micro-batch: forward (autocast per ``precision``), loss / ``grad_accumulation``, scaled backward.
     Returns the loss; reading it waits for the GPU, as the loop needs it for the non-finite guard anyway.
     Without ``train_backbone`` (``freeze_backbone_steps``) the backbone runs without autograd: only the head
-    gets a gradient, and the backbone's optimiser state does not gather the frozen steps' gradients."""
+    gets a gradient, and the backbone's optimiser state does not gather the frozen steps' gradients.
+    With ``distill``, the loss adds the distillation term against the teacher's ``targets``."""
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     images = images.to(device, non_blocking=True, memory_format=memory_format)
     labels = labels.to(device, non_blocking=True)
     with _autocast(cfg, device), torch.set_grad_enabled(train_backbone):
         embeddings = backbone(images)
-    loss = head(embeddings, labels) / cfg.grad_accumulation
+    loss = head(embeddings, labels)
+    if distill is not None and targets is not None:
+        loss = loss + distill(embeddings, targets.to(device, non_blocking=True))
+    loss = loss / cfg.grad_accumulation
     scaler.scale(loss).backward()
     return float(loss.detach())
 
@@ -136,8 +144,14 @@ def optimiser_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 
 def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
-    dataset = FaceRecordDataset(cfg.data_dir, seed=cfg.seed, degrade_fraction=cfg.degrade_fraction)
-    num_classes = check_inputs(cfg, dataset, session.world_size)
+    faces = FaceRecordDataset(cfg.data_dir, seed=cfg.seed, degrade_fraction=cfg.degrade_fraction)
+    num_classes = check_inputs(cfg, faces, session.world_size)
+    dataset: FaceRecordDataset | WithTeacherTargets = faces
+    distill = None
+    if cfg.teacher_targets:
+        targets = np.load(cfg.teacher_targets, mmap_mode="r")
+        dataset = WithTeacherTargets(faces, targets)
+        distill = Distillation(cfg.embedding_size, targets.shape[2], cfg.distill_weight).to(session.device)
     steps_per_epoch = len(dataset) // (cfg.batch_size * session.world_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
 
@@ -152,7 +166,7 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
             head.weight[found] = centres[found]
     backbone = session.wrap_model(backbone)
     head.to(session.device)
-    optimizer = build_optimizer(backbone, head, cfg)
+    optimizer = build_optimizer(backbone, head, cfg, list(distill.parameters()) if distill else None)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler(session.device.type, enabled=cfg.precision == "fp16"
                                   and session.device.type == "cuda")
@@ -160,6 +174,8 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     if resume is not None:
         step, extra = load_checkpoint(resume, backbone, head, optimizer, scheduler)
         history = extra.get("history", [])
+        if distill is not None:
+            distill.load_state_dict(extra["distill"])
 
     nonfinite = skipped = 0
     window_start, window_steps = time.perf_counter(), 0
@@ -171,8 +187,10 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
                 break
             loss_sum = 0.0
             for _ in range(cfg.grad_accumulation):
-                loss_sum += forward_backward(backbone, head, scaler, cfg, *next(micro_batches), session.device,
-                                             train_backbone=step >= cfg.freeze_backbone_steps)
+                images, labels, *targets = next(micro_batches)
+                loss_sum += forward_backward(backbone, head, scaler, cfg, images, labels, session.device,
+                                             train_backbone=step >= cfg.freeze_backbone_steps,
+                                             targets=targets[0] if targets else None, distill=distill)
             if not math.isfinite(loss_sum):
                 # The loss is global, so every worker skips the same step and stays in lock-step.
                 optimizer.zero_grad(set_to_none=True)
@@ -184,6 +202,8 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
                                              "lower train.lr, raise train.warmup_steps or use fp32")
             else:
                 nonfinite = 0
+                if distill is not None:
+                    distill.average_gradients()
                 optimiser_step(optimizer, scaler, backbone, cfg.grad_clip)
             scheduler.step()
             step += 1
@@ -203,7 +223,7 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint(Path(tmp), session.rank, session.world_size, backbone, head, optimizer,
                                     scheduler, step, extra={"config": asdict(cfg), "num_classes": num_classes,
-                                           "history": history})
+                                           "history": history, "distill": distill.state_dict() if distill else None})
                     session.report({"step": step, "loss": loss_sum, "skipped_steps": skipped,
                                     "history": history}, Path(tmp))
     return {"step": step, "history": history, "num_classes": num_classes, "skipped_steps": skipped}

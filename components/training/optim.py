@@ -13,13 +13,17 @@ from components.training.config import TrainConfig
 from components.training.lazy_sgd import LazySGD
 
 
-def build_optimizer(backbone: nn.Module, head: PartialFC, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(backbone: nn.Module, head: PartialFC, cfg: TrainConfig,
+                    extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
     """SGD is ``LazySGD``: a sampled head's centres cost O(rate x C) per step, with the dense result
     (components/training/lazy_sgd.py); the optimiser keeps the sampled rows current through
     ``head.attach_row_reader``. AdamW's update of a row without gradient is not linear (its second moment enters
-    through a square root), so it has no such closed form and is refused below sample rate 1."""
+    through a square root), so it has no such closed form and is refused below sample rate 1. ``extra``
+    (a distillation projection) learns at the head's rate: it is new, like the centres."""
     groups = [{"params": [p for p in backbone.parameters() if p.requires_grad], "lr": cfg.lr * cfg.backbone_lr_scale},
               {"params": [head.weight], "lr": cfg.lr}]
+    if extra:
+        groups.append({"params": extra, "lr": cfg.lr})
     if cfg.optimizer == "sgd":
         groups[1]["centres"] = True  # updated in place by LazySGD, lazily where the gradient is row-sparse
         optimizer = LazySGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -119,13 +119,16 @@ def run_on_ray(cfg: TrainConfig, storage: str | Path, name: str, resume_from: Pa
 
     # Workers do not share the driver's working directory; and bad inputs must fail here, once, rather
     # than in every worker and again on every FailureConfig retry.
-    cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()), out_dir=str(Path(cfg.out_dir).resolve()),
-                  init_from=str(Path(cfg.init_from).resolve()) if cfg.init_from else None)
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else None
+
+    cfg = replace(cfg, data_dir=absolute(cfg.data_dir), out_dir=absolute(cfg.out_dir),
+                  init_from=absolute(cfg.init_from), teacher_targets=absolute(cfg.teacher_targets))
     check_inputs(cfg, FaceRecordDataset(cfg.data_dir), cfg.num_workers)
     storage = str(storage)
     connect()
-    shared = [storage, cfg.data_dir] + ([cfg.init_from] if cfg.init_from else [])
-    check_shared(shared, "train.storage_path / pack.out_dir / train.init_from")
+    shared = [storage, cfg.data_dir] + [p for p in (cfg.init_from, cfg.teacher_targets) if p]
+    check_shared(shared, "train.storage_path / pack.out_dir / train.init_from / train.out_dir (teacher targets)")
     resumed = latest_checkpoint_step(storage, name)
     if resumed is not None:
         print(f"resuming training run {name} from its checkpoint at step {resumed} in {storage}", flush=True)

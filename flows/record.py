@@ -24,7 +24,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from components.io.checksums import sha256_file
 from components.io.nested import flatten
-from components.serving.lineage import Lineage
+from components.serving.lineage import Lineage, describe_origin
 from flows.tracking import TAG_LIMIT, report_metrics, training_curve
 from pipelines.common import REPORTS
 from pipelines.params import Params
@@ -79,16 +79,6 @@ def log_artifacts(params: Params) -> None:
             mlflow.log_artifacts(str(path), folder)
 
 
-def _start_line(start: dict[str, Any] | None) -> str:
-    if not start:
-        return "random weights"
-    if start.get("source"):
-        return (f"`{start['source']}` (SHA-256 `{start['source_sha256']}`, licence {start['licence']}, converted: "
-                f"{json.dumps(start.get('conversion', {}), sort_keys=True)})")
-    path = start.get("init_from") or start.get("teacher")
-    return f"`{path}`" + (f" (SHA-256 `{start['sha256']}`)" if start.get("sha256") else "")
-
-
 def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate: dict[str, Any]) -> str:
     """The page a reviewer reads before setting ``champion``: what was trained on what, and how it scored."""
     t = params.train
@@ -102,8 +92,8 @@ def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate
         f"- ONNX SHA-256: `{lineage.model_sha256}` (`{params.publish.model}`)",
         f"- served variant: {lineage.served_variant or 'unknown'}"
         + (f" ({lineage.served_variant_reason})" if lineage.served_variant_reason else ""),
-        f"- started from: {_start_line(lineage.start)}",
-        f"- distilled from: {_start_line(lineage.teacher) if lineage.teacher else 'no teacher'}",
+        f"- started from: {describe_origin(lineage.start, markdown=True)}",
+        f"- distilled from: {describe_origin(lineage.teacher, markdown=True) if lineage.teacher else 'no teacher'}",
         f"- backbone `{t.backbone}`, margin `{t.margin}` (s={t.s}, m1={t.m1}, m2={t.m2}, m3={t.m3}), "
         f"Partial FC sample rate {t.sample_rate}, {t.max_steps} steps x {t.batch_size} per worker "
         f"on {t.num_workers} workers, {t.precision}",

@@ -23,6 +23,25 @@ def headline_metrics(flat: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in sorted(flat.items()) if _HEADLINE.search(k)}
 
 
+def describe_origin(record: dict[str, Any] | None, markdown: bool = False) -> str:
+    """One line for what a model started from or was distilled from (pipelines/train.model_record): plain for
+    ``faceforge lineage`` (checksums shortened), Markdown for the model card (full checksums, the conversion)."""
+    if not record:
+        return "random weights"
+
+    def code(text: str) -> str:
+        return f"`{text}`" if markdown else text
+
+    label = "SHA-256" if markdown else "sha256"
+    if record.get("source"):
+        sha = record["source_sha256"] if markdown else record["source_sha256"][:12]
+        converted = f", converted: {json.dumps(record.get('conversion', {}), sort_keys=True)}" if markdown else ""
+        return f"{code(record['source'])} ({label} {code(sha)}, licence {record['licence']}{converted})"
+    sha = record.get("sha256")
+    return code(str(record.get("init_from") or record.get("teacher"))) + (
+        f" ({label} {code(sha if markdown else sha[:12])})" if sha else "")
+
+
 @dataclass(frozen=True)
 class Lineage:
     model_sha256: str

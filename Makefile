@@ -35,6 +35,7 @@ bench: setup
 	$(UV) run --frozen python -m bench.eval_ijbc
 	$(UV) run --frozen python -m bench.quantize
 	$(UV) run --frozen python -m bench.pretrained   # from scratch vs SFace imported / fine-tuned / distilled
+	$(UV) run --frozen python -m bench.warm_retrain   # warm retrain after new identities vs from scratch
 	$(UV) run --frozen python -m bench.triton_serving
 	$(UV) run --frozen python -m bench.photo_serving     # photo-in model: load (1/8/32) + 3-minute soak
 	$(UV) run --frozen python -m bench.train_gpu   # measures only where CUDA is present

@@ -77,6 +77,8 @@ for _stage, _summary in [
     ("pack", "Write the kept faces as InsightFace RecordIO (train.rec/.idx/property)."),
     ("import_model", "Bring a pretrained embedder (import_model.source) into the served contract, checked "
                      "against the source on real faces, with its lineage."),
+    ("warm_start", "Copy the registered version a retrain continues from (warm_start.version, pinned by "
+                   "`faceforge continue-from`) out of DVC's cache."),
     ("train", "Train backbone + model-parallel Partial FC head on Ray Train (TorchTrainer)."),
     ("export", "Export the trained backbone to ONNX (dynamic batch, checked, parity-tested)."),
     ("quantize", "Quantize the ONNX model to INT8 (QDQ), measure its accuracy and speed against FP32, and "
@@ -117,13 +119,15 @@ def _prefect_reachable() -> None:
 def retrain_command(
     lock_timeout: Annotated[float | None, typer.Option(help="seconds to wait for a running retrain")] = None,
     workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+    full: Annotated[bool, typer.Option("--full", help="start from train.init_from even when the champion could "
+                                       "be continued (a warm retrain)")] = False,
 ) -> None:
     """Prefect flow: dvc repro stage by stage, MLflow run + registered version, promotion gate (exit 1 on fail)."""
     from flows.retrain import retrain
 
     def action() -> dict[str, Any]:
         _prefect_reachable()
-        summary = retrain(workspace=str(workspace), lock_timeout_s=lock_timeout)
+        summary = retrain(workspace=str(workspace), lock_timeout_s=lock_timeout, full=full)
         if summary["gate"] != "pass":
             raise RuntimeError(f"gate failed for version {summary['model_version']}: " + "; ".join(summary["reasons"]))
         return summary
@@ -215,6 +219,27 @@ def lineage_command(
         typer.echo(f"faceforge lineage: {loaded.mlflow.registered_model} {version}: {exc}".splitlines()[0], err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str) if as_json else render_text(record))
+
+
+@app.command("continue-from")
+def continue_from_command(
+    version: Annotated[str, typer.Argument(help="champion (any alias), a version number, or none")] = "champion",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Continue training from a registered version: pins its train output (DVC md5) as warm_start.version /
+    train_md5 in params.yaml, fetched into DVC's cache; `dvc repro` then retrains warm. `none` unpins."""
+    from flows.serving import registry_client
+    from flows.warm_start import choose, ensure_cached, pin
+
+    def action() -> dict[str, Any]:
+        loaded = load_params(params)
+        start = choose(registry_client(loaded), loaded, version)
+        ensure_cached(start)
+        changed = pin(params, start)
+        return {"version": start.version, "train_md5": start.train_md5, "reason": start.reason,
+                "params_changed": changed}
+
+    _report_errors("continue-from", action)
 
 
 @app.command("remote")

@@ -26,6 +26,7 @@ from components.io.checksums import sha256_file
 from components.io.nested import flatten
 from components.serving.lineage import Lineage, describe_origin
 from flows.tracking import TAG_LIMIT, report_metrics, training_curve
+from flows.warm_start import lineage_tags
 from pipelines.common import REPORTS
 from pipelines.params import Params
 
@@ -140,6 +141,7 @@ def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dic
     tags |= lineage.threshold_tags("threshold.")
     tags |= {k: json.dumps(v, sort_keys=True) for k, v in (("start", lineage.start), ("teacher", lineage.teacher))
              if v}
+    tags |= lineage_tags(client, params, lineage.start)
     existing = _registered_by_this_flow_run(client, name, tags)
     if existing is not None:
         return existing

@@ -50,9 +50,12 @@ from flows.tracking import (
 )
 from flows.versioning import commit_run, describe_remote, lock_record
 from flows.versioning import push as push_outputs
+from flows.warm_start import ensure_cached, pin, plan
 from pipelines.common import REPORTS
-from pipelines.params import Params
+from pipelines.params import Params, load_params
 from pipelines.publish import file_lineage
+
+PARAMS_FILE = "params.yaml"  # the flow runs in the workspace (flows/lock.locked_workspace)
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -167,9 +170,23 @@ def _publish_artifacts(params: Params, uri: str, summary: dict[str, Any], verdic
         create_link_artifact(key="faceforge-mlflow-run", link=links["run"], link_text="MLflow run")
 
 
+@task(cache_policy=NO_CACHE)
+def choose_start(params: Params, full_retrain: bool) -> Params:
+    """Warm from the champion or full from train.init_from (flows/warm_start.py), pinned into params.yaml before
+    DVC runs; returns the params as the stages will read them."""
+    with fail_fast(timeout_s=120):
+        start = plan(MlflowClient(), params, full_retrain)
+    ensure_cached(start)
+    pin(Path(PARAMS_FILE), start)
+    get_run_logger().info("start: %s", "warm, " + start.reason if start.version else
+                          f"train.init_from ({start.reason})")
+    return load_params(PARAMS_FILE)
+
+
 @flow(name="retrain", log_prints=True)
-def retrain(workspace: str = ".", lock_timeout_s: float | None = None) -> dict[str, Any]:
-    """Rebuild what changed (DVC), run the promotion gate, record the run and register the model in MLflow."""
+def retrain(workspace: str = ".", lock_timeout_s: float | None = None, full: bool = False) -> dict[str, Any]:
+    """Rebuild what changed (DVC), run the promotion gate, record the run and register the model in MLflow.
+    ``full`` starts from train.init_from even when the champion could be continued (a warm retrain)."""
     use_account("retrain")  # team mode: its own MLflow account (flows/accounts.py)
     with locked_workspace(workspace, "retrain", lock_timeout_s) as params:
         uri = tracking_uri(params)
@@ -179,6 +196,7 @@ def retrain(workspace: str = ".", lock_timeout_s: float | None = None) -> dict[s
             raise MlflowUnavailable(f"{exc}; no training was started") from exc
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+        params = choose_start(params, full)
         o = params.orchestration
         stage_task = run_stage.with_options(retries=o.stage_retries, retry_delay_seconds=o.retry_delay_s,
                                             retry_condition_fn=_transient)

@@ -99,6 +99,26 @@ class ImportModelParams(_Section):
     out_dir: Path = Path("data/import")
 
 
+class WarmStartParams(_Section):
+    """The registered version a run continues from (pipelines/warm_start.py): its train output, by DVC's content
+    hash, so the start is a versioned input. Written by ``faceforge continue-from`` and the scheduled retrain
+    (flows/warm_start.py), not by hand."""
+
+    version: int | None = Field(None, ge=1, description="registered version whose train output the run continues "
+                                "from; null = start from train.init_from")
+    train_md5: str | None = Field(None, pattern=r"^[0-9a-f]{32}\.dir$",
+                                  description="DVC md5 of that version's train output (its run's dvc.lock)")
+    epochs: int | None = Field(1, ge=1, description="epochs of a warm run; null = train.epochs")
+    out_dir: Path = Path("data/warm_start")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> WarmStartParams:
+        if (self.version is None) != (self.train_md5 is None):
+            raise ValueError("warm_start.version and warm_start.train_md5 are set together "
+                             "(`faceforge continue-from champion` writes both)")
+        return self
+
+
 class TrainParams(_Section):
     """Mirrors components.training.config.TrainConfig; see docs/training.md for what each knob does."""
 
@@ -293,6 +313,10 @@ class OrchestrationParams(_Section):
     serving_lock_file: Path = Field(Path(".faceforge/serving.lock"),
                                     description="one promote/rollback/watcher at a time per workspace")
     serving_lock_timeout_s: float = Field(120.0, ge=0, description="how long a second serving run waits")
+    warm_start: bool = Field(True, description="the scheduled retrain continues from the champion when its "
+                             "backbone and embedding size match train's (flows/warm_start.py)")
+    full_retrain_every: int = Field(4, ge=1, description="every n-th retrain starts from train.init_from again "
+                                    "(1 = always); `faceforge retrain --full` asks for one at any time")
     approval_poll_s: int = Field(30, ge=5, le=50, description="the approval watcher's interval: a moved "
                                  "champion alias is served within this plus one flow start (< 60 s)")
 
@@ -307,6 +331,7 @@ class Params(_Section):
     quality_filter: QualityFilterParams = QualityFilterParams()
     pack: PackParams = PackParams()
     import_model: ImportModelParams = ImportModelParams()
+    warm_start: WarmStartParams = WarmStartParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     export: ExportParams = ExportParams()

@@ -107,6 +107,15 @@ def test_another_start_model_reruns_the_import_and_everything_trained_from_it(pa
     assert _would_run(pipeline) == ["import_model", *AFTER_TRAIN]
 
 
+def test_continuing_from_a_registered_version_reruns_the_warm_start_and_everything_trained_from_it(
+        params: Path, pipeline: Path) -> None:
+    from flows.warm_start import Start, pin
+
+    assert pin(params, Start(3, "0" * 32 + ".dir", "continues from version 3"))
+    assert _would_run(pipeline) == ["warm_start", *AFTER_TRAIN]
+    assert not pin(params, Start(3, "0" * 32 + ".dir", "again"))  # the same start changes nothing
+
+
 def test_push_then_a_fresh_clone_at_the_run_commit_pulls_every_output(tmp_path: Path) -> None:
     """The local-folder remote: run (here: committed outputs), push, commit the run, clone, pull, compare."""
     from dvc.repo import Repo

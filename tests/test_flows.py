@@ -36,8 +36,8 @@ def _fails_once(marker: Path, out: str) -> str:
 
 
 def test_pipeline_order_and_publish_params_exclude_serving_repository() -> None:
-    assert pipeline_stages(REPO) == ["detect", "align", "quality_filter", "pack", "import_model", "train",
-                                     "export", "eval", "quantize", "publish"]
+    assert pipeline_stages(REPO) == ["detect", "align", "quality_filter", "pack", "import_model", "warm_start",
+                                     "train", "export", "eval", "quantize", "publish"]
     declared = set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["publish"]["params"])
     # Every publish key the stage reads reruns it; only promote's serving_repository may change freely.
     assert {k for k in declared if k.startswith("publish.")} == {

@@ -11,14 +11,19 @@ from components.recordio.insightface import write_face_dataset
 from components.sample.orl import load_orl_face
 
 
-def write_tiny_faces(root: Path, classes: int = 6, per_class: int = 8) -> Path:
+def write_tiny_faces(root: Path, classes: int = 6, per_class: int = 8, first_subject: int = 1) -> Path:
+    """ORL subjects ``first_subject`` .. ``first_subject + classes - 1`` as labels 0.., named ``s<NN>`` in
+    ``identities.csv`` as the pack stage names them."""
     root.mkdir(parents=True, exist_ok=True)
     samples = []
     for label in range(classes):
         for index in range(1, per_class + 1):
-            grey = cv2.resize(load_orl_face(label + 1, index), (112, 112), interpolation=cv2.INTER_LINEAR)
+            face = load_orl_face(first_subject + label, index)
+            grey = cv2.resize(face, (112, 112), interpolation=cv2.INTER_LINEAR)
             ok, buf = cv2.imencode(".jpg", np.repeat(grey[:, :, None], 3, axis=2))
             assert ok
             samples.append((label, buf.tobytes()))
     write_face_dataset(root, samples, classes)
+    (root / "identities.csv").write_text("label,identity,images\n" + "".join(
+        f"{label},s{first_subject + label:02d},{per_class}\n" for label in range(classes)))
     return root

@@ -33,6 +33,11 @@ def describe_origin(record: dict[str, Any] | None, markdown: bool = False) -> st
         return f"`{text}`" if markdown else text
 
     label = "SHA-256" if markdown else "sha256"
+    if record.get("version") is not None:  # a warm retrain (pipelines/warm_start.py)
+        carried = (f": {record['carried_identities']} identities' centres carried, {record['new_identities']} "
+                   f"new, {record['dropped_identities']} dropped" if "carried_identities" in record else "")
+        return (f"{record.get('registered_model', 'registered')} version {record['version']}, warm "
+                f"(train output {code(record['train_md5'])}{carried})")
     if record.get("source"):
         sha = record["source_sha256"] if markdown else record["source_sha256"][:12]
         converted = f", converted: {json.dumps(record.get('conversion', {}), sort_keys=True)}" if markdown else ""

@@ -91,6 +91,12 @@ def _gather_rows(directory: Path, old_world: int, start: int, count: int, own_ra
     return {"weight": torch.cat(weights), "optimizer": merged, "margin": margin, "sampler": sampler}
 
 
+def all_centres(directory: Path) -> torch.Tensor:
+    """Every class centre of a checkpoint, ``[num_classes, embedding_size]``, whatever its world size."""
+    meta = read_meta(directory)
+    return _gather_rows(directory, meta["world_size"], 0, meta["num_classes"], 0)["weight"]
+
+
 def load_checkpoint(directory: Path, backbone: nn.Module, head: PartialFC, optimizer: torch.optim.Optimizer,
                     scheduler: Any) -> tuple[int, dict[str, Any]]:
     """Restore everything into freshly built objects (any world size); returns (step, extra)."""

@@ -12,6 +12,7 @@ class TrainConfig:
     out_dir: str
     backbone: str = "r18"  # or "onnx": the architecture of ``init_from``
     init_from: str | None = None  # start weights: backbone.pth, a train folder or an .onnx (models/loading.py)
+    warm_centres: str | None = None  # .pt {centres [C, D], known [C]} carried from a registered version (centres.py)
     backbone_lr_scale: float = 1.0  # the backbone's learning rate relative to the head's ``lr``
     degrade_fraction: float = 0.0  # training faces degraded like the hard eval set (components/augment)
     teacher_targets: str | None = None  # [N, 2, D] .npy of a teacher's embeddings (components/training/distill.py)

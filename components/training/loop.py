@@ -159,11 +159,16 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     backbone = build_backbone(cfg).to(session.device)
     head = PartialFC(build_margin(cfg), cfg.embedding_size, num_classes, cfg.sample_rate, seed=cfg.seed)
     if cfg.init_from and resume is None:
+        rows = slice(head.class_start, head.class_start + head.num_local)
+        carried = torch.load(cfg.warm_centres, weights_only=True) if cfg.warm_centres else None
+        known = carried["known"][rows] if carried else None
         clean = FaceRecordDataset(cfg.data_dir, random_flip=False)
         centres, found = class_mean_centres(backbone, clean, head.class_start, head.num_local,
-                                            cfg.embedding_size, cfg.batch_size, session.device)
+                                            cfg.embedding_size, cfg.batch_size, session.device, skip=known)
         with torch.no_grad():
             head.weight[found] = centres[found]
+            if known is not None and known.any():
+                head.weight[known] = carried["centres"][rows][known].to(head.weight.dtype)
     backbone = session.wrap_model(backbone)
     head.to(session.device)
     optimizer = build_optimizer(backbone, head, cfg, list(distill.parameters()) if distill else None)

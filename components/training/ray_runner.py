@@ -123,11 +123,12 @@ def run_on_ray(cfg: TrainConfig, storage: str | Path, name: str, resume_from: Pa
         return str(Path(path).resolve()) if path else None
 
     cfg = replace(cfg, data_dir=absolute(cfg.data_dir), out_dir=absolute(cfg.out_dir),
-                  init_from=absolute(cfg.init_from), teacher_targets=absolute(cfg.teacher_targets))
+                  init_from=absolute(cfg.init_from), teacher_targets=absolute(cfg.teacher_targets),
+                  warm_centres=absolute(cfg.warm_centres))
     check_inputs(cfg, FaceRecordDataset(cfg.data_dir), cfg.num_workers)
     storage = str(storage)
     connect()
-    shared = [storage, cfg.data_dir] + [p for p in (cfg.init_from, cfg.teacher_targets) if p]
+    shared = [storage, cfg.data_dir] + [p for p in (cfg.init_from, cfg.teacher_targets, cfg.warm_centres) if p]
     check_shared(shared, "train.storage_path / pack.out_dir / train.init_from / train.out_dir (teacher targets)")
     resumed = latest_checkpoint_step(storage, name)
     if resumed is not None:

@@ -57,6 +57,7 @@ def _subset(packed: Path, classes: int, out: Path) -> Path:
         header, payload = unpack_header(faces.reader.read(int(faces.keys[i])))
         if faces.label(i) < classes:
             samples.append((faces.label(i), bytes(payload)))
+    out.mkdir(parents=True)
     write_face_dataset(out, samples, classes)
     identities = pd.read_csv(packed / "identities.csv")
     identities[identities.label < classes].to_csv(out / "identities.csv", index=False)

@@ -32,6 +32,18 @@ def pipeline_stages(root: Path = Path(".")) -> list[str]:
     return list((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
 
 
+def needed_stages(root: Path = Path(".")) -> list[str]:
+    """The stages the last one (publish) needs, in pipeline order: a stage nothing downstream reads is not run
+    or required up to date (train, when ``export.model`` serves an imported ``.onnx`` as it is)."""
+    from dvc.repo import Repo
+
+    order = pipeline_stages(root)
+    with Repo(str(root)) as repo:
+        stages = repo.stage.collect(f"{(root / 'dvc.yaml').resolve()}:{order[-1]}", with_deps=True)
+        needed = {getattr(stage, "name", None) for stage in stages}
+    return [name for name in order if name in needed]
+
+
 def _ensure_faceforge_on_path() -> None:
     # Stage commands are `faceforge <stage>`: a worker started as `.venv/bin/python -m ...` has the venv's
     # scripts folder off PATH, so DVC's shell would not find the console script it installed.

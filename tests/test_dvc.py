@@ -46,6 +46,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for stage in repo.index.stages:
             for item in [*stage.deps, *stage.outs]:
                 _touch(Path(item.fs_path))
+        (root / "data" / "import" / "model.onnx").write_text("x\n")  # what import_model writes, as one file
         repo.commit(force=True)
     return root
 
@@ -114,6 +115,14 @@ def test_continuing_from_a_registered_version_reruns_the_warm_start_and_everythi
     assert pin(params, Start(3, "0" * 32 + ".dir", "continues from version 3"))
     assert _would_run(pipeline) == ["warm_start", *AFTER_TRAIN]
     assert not pin(params, Start(3, "0" * 32 + ".dir", "again"))  # the same start changes nothing
+
+
+def test_serving_the_imported_model_as_it_is_needs_no_training(params: Path, pipeline: Path) -> None:
+    from flows.dvc_stages import needed_stages
+
+    _set(params, "export.model", "data/import/model.onnx")
+    assert _would_run(pipeline) == ["export", "eval", "quantize", "publish"]
+    assert "train" not in needed_stages(pipeline) and "import_model" in needed_stages(pipeline)
 
 
 def test_push_then_a_fresh_clone_at_the_run_commit_pulls_every_output(tmp_path: Path) -> None:

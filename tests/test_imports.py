@@ -82,3 +82,51 @@ def test_import_model_stage_writes_the_model_and_its_lineage(workdir: Path) -> N
     missing = CliRunner().invoke(app, ["import_model", "--set", "import_model.source=gone.onnx"])
     assert missing.exit_code == 1 and "gone.onnx: import_model.source not found" in missing.output
     assert Path("imported/model.onnx").is_file()  # a failed import leaves the earlier one
+
+    # served as imported: export passes the file through untrained, and the lineage says so
+    from components.serving.lineage import describe_origin
+    from pipelines.params import load_params
+    from pipelines.publish import file_lineage
+
+    exported = CliRunner().invoke(app, ["export", "--set", "export.model=imported/model.onnx",
+                                        "--set", "export.out_dir=exported"])
+    assert exported.exit_code == 0, exported.output
+    assert Path("exported/model.onnx").read_bytes() == Path("imported/model.onnx").read_bytes()
+    lineage = file_lineage(load_params(Path("params.yaml")), Path("exported/model.onnx"))
+    assert lineage.start["trained"] is False and lineage.start["source_sha256"] == SFACE.sha256
+    assert lineage.params == {} and lineage.teacher is None
+    assert describe_origin(lineage.start).endswith("licence Apache-2.0, served as imported: not trained)")
+
+
+def test_an_arcface_torch_backbone_pth_imports_equal_to_pytorch_and_needs_its_backbone_name(workdir: Path) -> None:
+    """arcface_torch weights (DDP's ``module.`` prefix included) become a served-contract ONNX file that computes
+    what the PyTorch backbone computes on real faces; without its architecture the source is refused."""
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from components.models import get_model
+    from faceforge.cli import app
+
+    torch.manual_seed(0)
+    model = get_model("mbf", 64).eval()
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, "backbone.pth")
+    Path("params.yaml").write_text("import_model:\n  source: backbone.pth\n  backbone: mbf\n  embedding_size: 64\n"
+                                   "  out_dir: imported\n")
+    done = CliRunner().invoke(app, ["import_model"])
+    assert done.exit_code == 0, done.output
+    record = json.loads(Path("imported/model.json").read_text())
+    assert record["backbone"] == "mbf" and record["embedding_size"] == 64
+    assert record["check"]["source_runtime"] == "PyTorch" and record["check"]["min_cosine_to_source"] > 0.9999
+    faces = check_faces(8)
+    session = ort.InferenceSession("imported/model.onnx", providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(to_input(faces))).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": to_input(faces)})[0], expected, atol=1e-4, rtol=1e-4)
+
+    nameless = CliRunner().invoke(app, ["import_model", "--set", "import_model.backbone=null"])
+    assert nameless.exit_code == 2 and "set import_model.backbone" in nameless.output
+    wrong = CliRunner().invoke(app, ["import_model", "--set", "import_model.backbone=r18",
+                                     "--set", "import_model.out_dir=wrong"])
+    assert wrong.exit_code == 1 and "backbone.pth: weights do not match" in wrong.output

@@ -38,13 +38,14 @@ def describe_origin(record: dict[str, Any] | None, markdown: bool = False) -> st
                    f"new, {record['dropped_identities']} dropped" if "carried_identities" in record else "")
         return (f"{record.get('registered_model', 'registered')} version {record['version']}, warm "
                 f"(train output {code(record['train_md5'])}{carried})")
+    untrained = ", served as imported: not trained" if record.get("trained") is False else ""
     if record.get("source"):
         sha = record["source_sha256"] if markdown else record["source_sha256"][:12]
         converted = f", converted: {json.dumps(record.get('conversion', {}), sort_keys=True)}" if markdown else ""
-        return f"{code(record['source'])} ({label} {code(sha)}, licence {record['licence']}{converted})"
+        return f"{code(record['source'])} ({label} {code(sha)}, licence {record['licence']}{converted}{untrained})"
     sha = record.get("sha256")
     return code(str(record.get("init_from") or record.get("teacher"))) + (
-        f" ({label} {code(sha if markdown else sha[:12])})" if sha else "")
+        f" ({label} {code(sha if markdown else sha[:12])}{untrained})" if sha else untrained)
 
 
 @dataclass(frozen=True)

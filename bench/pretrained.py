@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from bench.stage_command import run_stage
+
 OUT = Path("reports/bench/pretrained.json")
 WORK = Path("reports/bench/pretrained")
-FACEFORGE = str(Path(sys.executable).parent / "faceforge")
 SCRATCH = ["train.backbone=mbf", "train.init_from=null", "train.embedding_size=512", "train.degrade_fraction=0",
            "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048"]
 VARIANTS: dict[str, list[str] | None] = {
@@ -36,16 +34,6 @@ VARIANTS: dict[str, list[str] | None] = {
     "mbf_distilled": [*SCRATCH[:-2], "train.embedding_size=128", "train.teacher=data/import/model.onnx",
                       "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048", "train.epochs=6"],
 }
-
-
-def _run(stage: str, sets: list[str]) -> tuple[dict[str, Any], float]:
-    args = [FACEFORGE, stage, *[a for s in sets for a in ("--set", s)]]
-    start = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(Path(f"reports/{stage}.json").read_text()), seconds
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
@@ -63,13 +51,14 @@ def _variant(name: str, sets: list[str] | None) -> dict[str, Any]:
     if sets is None:
         model = Path("data/import/model.onnx")
     else:
-        train, row["train_s"] = _run("train", [*sets, f"train.out_dir={root / 'train'}"])
+        train, row["train_s"] = run_stage("train", [*sets, f"train.out_dir={root / 'train'}"])
         row["train_steps"], row["train_samples_per_s"] = train["steps"], train["samples_per_s"]
-        _, row["export_s"] = _run("export", [f"export.model={root / 'train'}", f"export.out_dir={root / 'export'}"])
+        _, row["export_s"] = run_stage("export", [f"export.model={root / 'train'}",
+                                                  f"export.out_dir={root / 'export'}"])
         model = root / "export" / "model.onnx"
-    evaluated, row["eval_s"] = _run("eval", [f"eval.model={model}", f"eval.out_dir={root / 'eval'}"])
+    evaluated, row["eval_s"] = run_stage("eval", [f"eval.model={model}", f"eval.out_dir={root / 'eval'}"])
     row |= _headline(evaluated)
-    quantized, row["quantize_s"] = _run("quantize", [f"quantize.model={model}", f"quantize.out_dir={root / 'q'}",
+    quantized, row["quantize_s"] = run_stage("quantize", [f"quantize.model={model}", f"quantize.out_dir={root / 'q'}",
                                                      f"eval.out_dir={root / 'eval'}"])  # FP32: the eval just run
     row["served_variant"] = quantized["serve"]
     row["served_variant_reasons"] = quantized["serve_reasons"]

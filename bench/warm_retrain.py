@@ -18,35 +18,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from bench.stage_command import run_stage
 from components.recordio.format import unpack_header
 from components.recordio.insightface import FaceRecordDataset, write_face_dataset
 
 OUT = Path("reports/bench/warm_retrain.json")
 WORK = Path("reports/bench/warm_retrain")
-FACEFORGE = str(Path(sys.executable).parent / "faceforge")
 SCRATCH = ["train.backbone=mbf", "train.init_from=null", "train.embedding_size=512", "train.degrade_fraction=0",
            "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048"]
 FULL_EPOCHS = 10
 KNOWN = 28  # identities version 1 was trained on
 WARM_EPOCHS = (1, 2, 3)
-
-
-def _run(stage: str, sets: list[str]) -> tuple[dict[str, Any], float]:
-    args = [FACEFORGE, stage, *[a for s in sets for a in ("--set", s)]]
-    start = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(Path(f"reports/{stage}.json").read_text()), seconds
 
 
 def _subset(packed: Path, classes: int, out: Path) -> Path:
@@ -66,9 +53,9 @@ def _subset(packed: Path, classes: int, out: Path) -> Path:
 
 def _trained(name: str, sets: list[str], packed: Path) -> dict[str, Any]:
     root = WORK / name
-    train, seconds = _run("train", [*SCRATCH, *sets, f"pack.out_dir={packed}", f"train.out_dir={root / 'train'}"])
-    _, export_s = _run("export", [f"export.model={root / 'train'}", f"export.out_dir={root / 'export'}"])
-    evaluated, eval_s = _run("eval", [f"eval.model={root / 'export' / 'model.onnx'}",
+    train, seconds = run_stage("train", [*SCRATCH, *sets, f"pack.out_dir={packed}", f"train.out_dir={root / 'train'}"])
+    _, export_s = run_stage("export", [f"export.model={root / 'train'}", f"export.out_dir={root / 'export'}"])
+    evaluated, eval_s = run_stage("eval", [f"eval.model={root / 'export' / 'model.onnx'}",
                                       f"eval.out_dir={root / 'eval'}"])
     return {"sets": sets, "train_s": round(seconds, 1), "steps": train["steps"], "export_s": round(export_s, 1),
             "eval_s": round(eval_s, 1), "start": train["start"],

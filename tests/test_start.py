@@ -11,7 +11,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from components.heads.partial_fc import PartialFC
 from components.imports.sface import SFACE, check_faces, import_packaged
 from components.models import get_model
 from components.models.loading import load_start
@@ -19,7 +18,7 @@ from components.recordio.insightface import FaceRecordDataset
 from components.training import loop
 from components.training.config import TrainConfig
 from components.training.sessions import LocalSession
-from tests.training_data import write_tiny_faces
+from tests.training_data import watching_session, write_tiny_faces
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +63,10 @@ def test_a_backbone_pth_start_equals_its_file(tmp_path: Path) -> None:
 
 def test_centres_start_at_the_normalised_class_means_and_a_frozen_backbone_stays(
         tmp_path: Path, data: Path, sface: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    heads: list[PartialFC] = []
-    monkeypatch.setattr(loop, "PartialFC", lambda *a, **k: heads.append(PartialFC(*a, **k)) or heads[-1])
-
-    class Watching(LocalSession):
-        """Sees the backbone and head as training receives them, before step 1."""
-
-        def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
-            self.start_state = {k: v.clone() for k, v in model.state_dict().items()}
-            self.start_centres = heads[-1].weight.detach().clone()
-            self.backbone = model
-            return super().wrap_model(model)
-
     cfg = TrainConfig(data_dir=str(data), out_dir=str(tmp_path), backbone="onnx", embedding_size=128,
                       init_from=str(sface), batch_size=8, max_steps=2, freeze_backbone_steps=2, lr=0.05,
                       loader_workers=0, num_workers=1, sample_rate=1.0, checkpoint_every=2, log_every=1)
-    session = Watching(tmp_path / "ckpt")
+    session = watching_session(monkeypatch, tmp_path / "ckpt")
     result = loop.train_worker(cfg, session)
     assert result["step"] == 2
 
@@ -102,7 +89,7 @@ def test_centres_start_at_the_normalised_class_means_and_a_frozen_backbone_stays
     # freeze_backbone_steps 2: after two steps only the centres (and BatchNorm statistics) moved
     trained = dict(session.backbone.named_parameters())
     assert all(torch.equal(p, session.start_state[name]) for name, p in trained.items())
-    assert not torch.equal(heads[-1].weight.detach(), session.start_centres)
+    assert not torch.equal(session.head.weight.detach(), session.start_centres)
     assert json.dumps(result["history"])  # plain values, as reported
 
 

@@ -20,7 +20,6 @@ import torch
 import yaml
 from torch.nn.functional import normalize
 
-from components.heads.partial_fc import PartialFC
 from components.models.loading import load_backbone
 from components.recordio.insightface import FaceRecordDataset
 from components.serving.lineage import describe_origin
@@ -33,7 +32,7 @@ from flows.warm_start import lineage_tags, plan
 from pipelines.params import load_params
 from pipelines.train import carry_centres
 from tests.test_approval import _onnx
-from tests.training_data import write_tiny_faces
+from tests.training_data import watching_session, write_tiny_faces
 
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
@@ -75,21 +74,12 @@ def test_centres_are_matched_by_name_new_ones_are_marked_and_removed_ones_droppe
 
 def test_a_warm_start_carries_known_centres_and_starts_new_identities_at_their_mean(
         tmp_path: Path, champion: Path, packed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    heads: list[PartialFC] = []
-    monkeypatch.setattr(loop, "PartialFC", lambda *a, **k: heads.append(PartialFC(*a, **k)) or heads[-1])
-
-    class Watching(LocalSession):
-        def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
-            self.start_state = {k: v.clone() for k, v in model.state_dict().items()}
-            self.start_centres = heads[-1].weight.detach().clone()
-            return super().wrap_model(model)
-
     counts = carry_centres(champion, packed, tmp_path / "warm_centres.pt")
     assert counts == {"carried_identities": 5, "new_identities": 1, "dropped_identities": 1}
     cfg = TrainConfig(data_dir=str(packed), out_dir=str(tmp_path), backbone="mbf", embedding_size=32,
                       init_from=str(champion), warm_centres=str(tmp_path / "warm_centres.pt"), batch_size=8,
                       max_steps=1, loader_workers=0, num_workers=1, sample_rate=1.0, checkpoint_every=1)
-    session = Watching(tmp_path / "ckpt")
+    session = watching_session(monkeypatch, tmp_path / "ckpt")
     loop.train_worker(cfg, session)
 
     # the backbone is the champion's, and s02..s06 (labels 0-4 now, 1-5 before) keep the champion's centres

@@ -6,9 +6,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+import torch
 
+from components.heads.partial_fc import PartialFC
 from components.recordio.insightface import write_face_dataset
 from components.sample.orl import load_orl_face
+from components.training import loop
+from components.training.sessions import LocalSession
 
 
 def write_tiny_faces(root: Path, classes: int = 6, per_class: int = 8, first_subject: int = 1) -> Path:
@@ -27,3 +32,20 @@ def write_tiny_faces(root: Path, classes: int = 6, per_class: int = 8, first_sub
     (root / "identities.csv").write_text("label,identity,images\n" + "".join(
         f"{label},s{first_subject + label:02d},{per_class}\n" for label in range(classes)))
     return root
+
+
+def watching_session(monkeypatch: pytest.MonkeyPatch, checkpoint_root: Path) -> LocalSession:
+    """A local session that keeps the backbone and the head as training receives them, before step 1:
+    ``start_state``, ``start_centres``, ``backbone`` and ``head`` (which training then moves)."""
+    heads: list[PartialFC] = []
+    monkeypatch.setattr(loop, "PartialFC", lambda *a, **k: heads.append(PartialFC(*a, **k)) or heads[-1])
+
+    class Watching(LocalSession):
+        def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+            self.start_state = {k: v.clone() for k, v in model.state_dict().items()}
+            self.head = heads[-1]
+            self.start_centres = self.head.weight.detach().clone()
+            self.backbone = model
+            return super().wrap_model(model)
+
+    return Watching(checkpoint_root)

@@ -38,6 +38,12 @@ class DataParams(_Section):
     eval_templates_per_identity: int = Field(30, ge=2)
     eval_bin_pairs: int = Field(600, ge=20, multiple_of=20, description="verification .bin pairs (10 folds)")
     eval_sets_dir: Path = Path("data/eval_sets")
+    corpus_photos: int = Field(0, ge=0, description="0: `faceforge sample` writes the bundled sample; N: a "
+                               "synthetic scale corpus of N photos instead (components/sample/corpus.py): for "
+                               "measuring cost at scale, not accuracy (its identities are synthetic)")
+    corpus_identities: int = Field(1000, ge=1, description="identity folders of the scale corpus")
+    corpus_hostile_fraction: float = Field(0.002, ge=0, le=1, description="scale corpus files that are hostile "
+                                           "(empty, truncated, not an image, a bomb, no face)")
 
     @model_validator(mode="after")
     def _held_out_fits(self) -> DataParams:

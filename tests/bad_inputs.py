@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from components.sample.hostile import HOSTILE, exif_rotated_jpeg, jpeg_bytes, png_with_claimed_size
 
-def jpeg_bytes(rgb: np.ndarray, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "JPEG", quality=92, **kwargs)
-    return buf.getvalue()
-
-
-def png_with_claimed_size(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width x height``: a decompression bomb without the memory."""
-    buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = 8 + 8  # signature, then length + type of the IHDR chunk
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[12:ihdr + 13]))
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
-    return bytes(data)
-
-
-def exif_rotated_jpeg(rgb: np.ndarray) -> bytes:
-    """Stored rotated 90 degrees with EXIF orientation 6 ("rotate 90 CW to view"), as phones do."""
-    stored = np.ascontiguousarray(np.rot90(rgb, k=1))  # counter-clockwise on disk
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return jpeg_bytes(stored, exif=exif.tobytes())
+__all__ = ["exif_rotated_jpeg", "jpeg_bytes", "png_with_claimed_size", "write_bad_inputs"]
 
 
 def write_bad_inputs(raw: Path, face_rgb: np.ndarray) -> dict[str, str | None]:
@@ -48,12 +24,10 @@ def write_bad_inputs(raw: Path, face_rgb: np.ndarray) -> dict[str, str | None]:
         expected[f"{ident.name}/{name}"] = reason
 
     good = jpeg_bytes(face_rgb)
-    put("zero.jpg", b"", "empty")
-    put("truncated.jpg", good[: len(good) // 3], "corrupt")
-    put("garbage.jpg", b"\xff\xd8\xff\xe0not really a jpeg" * 10, "corrupt")
-    put("notes.txt", b"this is not an image\n", "not_image")
-    put("bomb.png", png_with_claimed_size(20000, 20000), "too_large")
-    put("blank wall.jpg", jpeg_bytes(np.full((300, 400, 3), 128, np.uint8)), "no_face")
+    for kind, name in [("empty", "zero.jpg"), ("truncated", "truncated.jpg"), ("garbage", "garbage.jpg"),
+                       ("not_image", "notes.txt"), ("bomb", "bomb.png"), ("no_face", "blank wall.jpg")]:
+        _, make, reason = HOSTILE[kind]
+        put(name, make(face_rgb), reason)
 
     buf = io.BytesIO()
     Image.fromarray(face_rgb).convert("RGBA").save(buf, "PNG")

@@ -60,9 +60,9 @@ def _paste(canvas: np.ndarray, face: np.ndarray, rng: np.random.Generator, scale
 
 
 def compose_photo(rng: np.random.Generator, face: np.ndarray, bystander: np.ndarray | None,
-                  width: int, height: int) -> np.ndarray:
+                  width: int, height: int, scale_range: tuple[float, float] = (1.3, 2.4)) -> np.ndarray:
     canvas = _background(rng, width, height)
-    scale = float(rng.uniform(1.3, 2.4))
+    scale = float(rng.uniform(*scale_range))
     fh, fw = face.shape[0] * scale, face.shape[1] * scale
     cx = float(rng.uniform(fw * 0.6, width - fw * 0.6))
     cy = float(rng.uniform(fh * 0.55, height - fh * 0.55))

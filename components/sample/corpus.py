@@ -53,6 +53,22 @@ def _identity_face(identity: int, image: int, seed: int) -> np.ndarray:
     return np.clip(face.astype(np.float32) * gain + lift, 0, 255).astype(np.uint8)
 
 
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A gradient with soft blobs and sensor-like noise, drawn at a quarter of the size and enlarged (it is
+    smooth anyway): a tenth of the sample's cost, which matters at 10^5 photos."""
+    w, h = width // 4, height // 4
+    top, bottom = rng.uniform(40, 220, 3), rng.uniform(40, 220, 3)
+    t = np.linspace(0.0, 1.0, h)[:, None, None]
+    img = np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).astype(np.float32, order="C")
+    for _ in range(rng.integers(3, 8)):
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        axes = (int(rng.integers(5, w // 3)), int(rng.integers(5, h // 3)))
+        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
+    img = cv2.resize(cv2.GaussianBlur(img, (0, 0), 2.25), (width, height), interpolation=cv2.INTER_LINEAR)
+    noise = rng.integers(-6, 7, (height // 8, width // 8, 3), dtype=np.int8)
+    return img + np.tile(noise, (8, 8, 1)).astype(np.float32)
+
+
 def render(config: CorpusConfig, index: int) -> tuple[str, bytes, str]:
     """Photo ``index``: (path relative to the corpus root, file bytes, kind: ``photo`` or a hostile kind)."""
     rng = np.random.default_rng([config.seed, 0, index])
@@ -63,9 +79,10 @@ def render(config: CorpusConfig, index: int) -> tuple[str, bytes, str]:
         other = (identity + int(rng.integers(1, IDENTITIES))) % config.identities
         bystander = _identity_face(other, int(rng.integers(1, IMAGES_PER_IDENTITY + 1)), config.seed)
     width, height = config.canvas
-    photo = compose_photo(rng, face, bystander, width, height, scale_range=(0.9, 2.8))
-    gamma = rng.uniform(0.6, 1.6)  # lighting: under- and over-exposed
-    photo = (255.0 * (photo / 255.0) ** gamma * rng.uniform(0.75, 1.2)).clip(0, 255).astype(np.uint8)
+    photo = compose_photo(rng, face, bystander, width, height, scale_range=(0.9, 2.8),
+                          background=_background(rng, width, height))
+    gamma, gain = rng.uniform(0.6, 1.6), rng.uniform(0.75, 1.2)  # lighting: under- and over-exposed
+    photo = cv2.LUT(photo, (255.0 * (np.arange(256) / 255.0) ** gamma * gain).clip(0, 255).astype(np.uint8))
     if rng.uniform() < 0.2:
         photo = cv2.GaussianBlur(photo, (0, 0), float(rng.uniform(0.6, 2.0)))
     stem = f"{identity_folder(identity)}/{number:06d}"

@@ -60,8 +60,10 @@ def _paste(canvas: np.ndarray, face: np.ndarray, rng: np.random.Generator, scale
 
 
 def compose_photo(rng: np.random.Generator, face: np.ndarray, bystander: np.ndarray | None,
-                  width: int, height: int, scale_range: tuple[float, float] = (1.3, 2.4)) -> np.ndarray:
-    canvas = _background(rng, width, height)
+                  width: int, height: int, scale_range: tuple[float, float] = (1.3, 2.4),
+                  background: np.ndarray | None = None) -> np.ndarray:
+    """``face`` (and a smaller ``bystander``) pasted on ``background`` (float32 HxWx3), else on a new one."""
+    canvas = _background(rng, width, height) if background is None else background
     scale = float(rng.uniform(*scale_range))
     fh, fw = face.shape[0] * scale, face.shape[1] * scale
     cx = float(rng.uniform(fw * 0.6, width - fw * 0.6))

@@ -31,7 +31,7 @@ def test_the_corpus_is_the_same_bytes_with_one_or_two_workers_and_grows_by_exten
     # photos decode, vary in size and quality, and are not all the same picture
     photos = [cv2.imdecode(np.frombuffer(v, np.uint8), cv2.IMREAD_COLOR) for k, v in bigger.items()
               if k.endswith(".jpg") and len(v) > 1000]
-    assert all(p is not None and p.shape == (360, 480, 3) for p in photos)
+    assert all(p is not None and p.shape in ((360, 480, 3), (300, 400, 3)) for p in photos)  # or a "no face" file
     assert len({int(p.mean()) for p in photos}) > 10
 
 

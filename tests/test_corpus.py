@@ -28,6 +28,8 @@ def test_the_corpus_is_the_same_bytes_with_one_or_two_workers_and_grows_by_exten
     big = write_corpus(tmp_path / "big", CorpusConfig(photos=60, identities=5, hostile_fraction=0.1))
     bigger = _files(tmp_path / "big")
     assert {k: v for k, v in bigger.items() if k in _files(tmp_path / "one")} == _files(tmp_path / "one")
+    added = write_corpus(tmp_path / "one", CorpusConfig(photos=60, identities=5, hostile_fraction=0.1), start=48)
+    assert added["photos"] == 12 and _files(tmp_path / "one") == bigger  # new photos arriving: the same files
     # photos decode, vary in size and quality, and are not all the same picture
     decoded = [cv2.imdecode(np.frombuffer(v, np.uint8), cv2.IMREAD_COLOR) for v in bigger.values() if v]
     photos = [p for p in decoded if p is not None and p.shape == (360, 480, 3)]

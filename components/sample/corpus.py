@@ -13,6 +13,7 @@ smaller one photo by photo (the first N photos are the same files).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,24 +106,35 @@ class _Writer:
             relative, data, kind = render(self.config, int(item["index"]))
             path = Path(self.config.out_dir) / relative
             path.parent.mkdir(exist_ok=True)
-            path.write_bytes(data)
+            partial = path.with_name(f".{path.name}.part")  # an interrupted append leaves no half photo
+            partial.write_bytes(data)
+            os.replace(partial, path)
             out.append({"path": relative, "kind": kind, "bytes": len(data)})
         return out
 
 
-def write_corpus(out_dir: Path, config: CorpusConfig, workers: int = 0) -> dict[str, Any]:
-    """Write the corpus into ``out_dir`` atomically (the folder appears whole); returns counts by kind."""
+def _write(folder: Path, config: CorpusConfig, indices: range, workers: int) -> list[dict[str, Any]]:
+    job = CorpusConfig(**{**config.__dict__, "out_dir": str(folder.resolve())})
+    return parallel_map(_Writer, job, [{"index": i} for i in indices], workers=workers, chunk_size=64,
+                        desc="corpus")
+
+
+def write_corpus(out_dir: Path, config: CorpusConfig, workers: int = 0, start: int = 0) -> dict[str, Any]:
+    """Write the corpus into ``out_dir`` atomically (the folder appears whole); returns counts by kind. With
+    ``start``, ``out_dir`` holds the corpus's first ``start`` photos already (same seed and identities) and only
+    the rest are added to it: new photos arriving in a folder a pipeline has seen."""
     if config.photos < 1 or config.identities < 1:
         raise ValueError(f"a corpus needs photos and identities (got {config.photos} photos, "
                          f"{config.identities} identities)")
-    with atomic_dir(out_dir) as tmp:
-        for identity in range(min(config.identities, config.photos)):
-            (tmp / identity_folder(identity)).mkdir()
-        job = CorpusConfig(**{**config.__dict__, "out_dir": str(tmp.resolve())})
-        written = parallel_map(_Writer, job, [{"index": i} for i in range(config.photos)], workers=workers,
-                               chunk_size=64, desc="corpus")
+    if start:
+        written = _write(Path(out_dir), config, range(start, config.photos), workers)
+    else:
+        with atomic_dir(out_dir) as tmp:
+            for identity in range(min(config.identities, config.photos)):
+                (tmp / identity_folder(identity)).mkdir()
+            written = _write(tmp, config, range(config.photos), workers)
     kinds: dict[str, int] = {}
     for row in written:
         kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
-    return {"photos": config.photos, "identities": min(config.identities, config.photos), "kinds": kinds,
+    return {"photos": len(written), "identities": min(config.identities, config.photos), "kinds": kinds,
             "bytes": sum(row["bytes"] for row in written)}

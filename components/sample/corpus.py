@@ -25,7 +25,7 @@ from components.executor import parallel_map
 from components.io.atomic import atomic_dir
 from components.sample.hostile import HOSTILE
 from components.sample.orl import IDENTITIES, IMAGES_PER_IDENTITY, load_orl_face
-from components.sample.raw_photos import compose_photo, encode_jpeg
+from components.sample.raw_photos import background, compose_photo, encode_jpeg
 
 
 @dataclass(frozen=True)
@@ -54,22 +54,6 @@ def _identity_face(identity: int, image: int, seed: int) -> np.ndarray:
     return np.clip(face.astype(np.float32) * gain + lift, 0, 255).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A gradient with soft blobs and sensor-like noise, drawn at a quarter of the size and enlarged (it is
-    smooth anyway): a tenth of the sample's cost, which matters at 10^5 photos."""
-    w, h = width // 4, height // 4
-    top, bottom = rng.uniform(40, 220, 3), rng.uniform(40, 220, 3)
-    t = np.linspace(0.0, 1.0, h)[:, None, None]
-    img = np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).astype(np.float32, order="C")
-    for _ in range(rng.integers(3, 8)):
-        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        axes = (int(rng.integers(5, w // 3)), int(rng.integers(5, h // 3)))
-        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
-    img = cv2.resize(cv2.GaussianBlur(img, (0, 0), 2.25), (width, height), interpolation=cv2.INTER_LINEAR)
-    noise = rng.integers(-6, 7, (height // 8, width // 8, 3), dtype=np.int8)
-    return img + np.tile(noise, (8, 8, 1)).astype(np.float32)
-
-
 def render(config: CorpusConfig, index: int) -> tuple[str, bytes, str]:
     """Photo ``index``: (path relative to the corpus root, file bytes, kind: ``photo`` or a hostile kind)."""
     rng = np.random.default_rng([config.seed, 0, index])
@@ -81,7 +65,7 @@ def render(config: CorpusConfig, index: int) -> tuple[str, bytes, str]:
         bystander = _identity_face(other, int(rng.integers(1, IMAGES_PER_IDENTITY + 1)), config.seed)
     width, height = config.canvas
     photo = compose_photo(rng, face, bystander, width, height, scale_range=(0.9, 2.8),
-                          background=_background(rng, width, height))
+                          backdrop=background(rng, width, height, reduction=4))
     gamma, gain = rng.uniform(0.6, 1.6), rng.uniform(0.75, 1.2)  # lighting: under- and over-exposed
     photo = cv2.LUT(photo, (255.0 * (np.arange(256) / 255.0) ** gamma * gain).clip(0, 255).astype(np.uint8))
     if rng.uniform() < 0.2:

@@ -23,6 +23,7 @@ import yaml
 
 from flows.lineage import dvc_lock_text, resolve_version
 from pipelines.params import Params
+from pipelines.warm_start import cached_directory
 
 WARM_GENERATION = "warm_generation"  # version tag: warm retrains since the last full one (0 = full)
 PARENT_VERSION = "parent_version"  # version tag: the version a warm retrain continued from
@@ -126,18 +127,15 @@ def ensure_cached(start: Start) -> None:
     this workspace did not train it."""
     if start.version is None:
         return
-    from dvc.repo import Repo
-
-    repo = Repo(".")
-    cache = repo.cache.local
-    listing = Path(cache.oid_to_path(str(start.train_md5)))
-    if listing.is_file() and all(Path(cache.oid_to_path(e["md5"])).is_file()
-                                 for e in json.loads(listing.read_text())):
+    _, entries, missing = cached_directory(str(start.train_md5))
+    if entries is not None and not missing:
         return
     if not start.commit:
         raise FileNotFoundError(f"version {start.version}'s train output ({start.train_md5}) is not in DVC's cache "
                                 "and the version names no run commit to fetch it at")
-    repo.fetch(targets=["train"], revs=[start.commit], workspace=False)
+    from dvc.repo import Repo
+
+    Repo(".").fetch(targets=["train"], revs=[start.commit], workspace=False)
 
 
 def choose(client: Any, params: Params, ref: str) -> Start:

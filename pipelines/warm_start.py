@@ -23,18 +23,26 @@ STAGE = "warm_start"
 RECORD = "warm_start.json"
 
 
-def copy_from_dvc_cache(md5: str, dest: Path, what: str) -> int:
-    """Copy the directory DVC stored as ``md5`` (``<hash>.dir``) into ``dest``; returns the number of files.
-    Refuses, naming what to run, when the local cache lacks it."""
+def cached_directory(md5: str) -> tuple[Any, list[dict[str, str]] | None, list[str]]:
+    """(the local DVC cache, the files of the directory DVC stored as ``md5`` -- ``<hash>.dir`` -- or None
+    when the cache lacks its listing, the relative paths of those files the cache lacks)."""
     from dvc.repo import Repo
 
     cache = Repo(".").cache.local
     listing = Path(cache.oid_to_path(md5))
     if not listing.is_file():
+        return cache, None, []
+    entries = json.loads(listing.read_text())
+    return cache, entries, [e["relpath"] for e in entries if not Path(cache.oid_to_path(e["md5"])).is_file()]
+
+
+def copy_from_dvc_cache(md5: str, dest: Path, what: str) -> int:
+    """Copy the directory DVC stored as ``md5`` (``<hash>.dir``) into ``dest``; returns the number of files.
+    Refuses, naming what to run, when the local cache lacks it."""
+    cache, entries, missing = cached_directory(md5)
+    if entries is None:
         raise FileNotFoundError(f"{what}: DVC's cache has no {md5}: `faceforge continue-from` fetches it from the "
                                 "DVC remote, or `dvc pull` at that version's run commit")
-    entries = json.loads(listing.read_text())
-    missing = [e["relpath"] for e in entries if not Path(cache.oid_to_path(e["md5"])).is_file()]
     if missing:
         raise FileNotFoundError(f"{what}: DVC's cache lacks {len(missing)} of its files ({missing[0]}, ...): "
                                 "`faceforge continue-from` fetches them from the DVC remote")

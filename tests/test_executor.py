@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from components.executor import parallel_map
+from components.io.images import ImageRejected
 
 
 class Square:
@@ -29,3 +30,20 @@ def test_ray_data_runs_the_same_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         ray.shutdown()
     assert [{"y": int(r["y"])} for r in out] == EXPECTED
+
+
+class RejectsOdd:
+    def __init__(self, config: None) -> None:
+        pass
+
+    def __call__(self, items: list[dict]) -> list[dict]:
+        if any(item["x"] % 2 for item in items):
+            raise ImageRejected("unreadable", "odd.jpg: cannot identify image file")
+        return items
+
+
+def test_a_workers_image_error_reaches_the_caller_whole() -> None:
+    # It once failed to unpickle in the parent, which then saw only "BrokenProcessPool".
+    with pytest.raises(ImageRejected) as err:
+        parallel_map(RejectsOdd, None, [{"x": 2}, {"x": 4}, {"x": 5}, {"x": 6}], workers=2, chunk_size=1)
+    assert (err.value.reason, err.value.detail) == ("unreadable", "odd.jpg: cannot identify image file")

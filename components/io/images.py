@@ -27,6 +27,9 @@ class ImageRejected(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # raised in a pool worker, it must unpickle whole
+        return ImageRejected, (self.reason, self.detail)
+
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from components.detect.base import Face, OnnxDetector, letterbox, nms, to_faces
+from components.detect.base import Face, OnnxDetector, constant_weights, letterbox, nms, to_faces
 
 STRIDE = 4  # CenterFace predicts on a 1/4-resolution grid
 
@@ -23,12 +23,13 @@ def bundled_centerface_path() -> Path:
 
 
 def _dynamic_model(path: Path) -> bytes:
-    """The shipped graph declares a fixed 10x3x32x32 input; make batch and spatial dims symbolic.
+    """The shipped graph declares a fixed 10x3x32x32 input; make batch and spatial dims symbolic (and its
+    weights constants: base.constant_weights).
 
     ``onnx.tools.update_model_dims`` refuses to overwrite fixed values, so the shape protos are edited
     directly: assigning ``dim_param`` clears the ``dim_value`` of the same oneof.
     """
-    model = onnx.load(str(path))
+    model = constant_weights(onnx.load(str(path)))
     for value in [*model.graph.input, *model.graph.output]:
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if axis != 1:

@@ -9,7 +9,7 @@ from typing import Literal
 
 import onnx
 
-from components.detect.base import FaceDetector
+from components.detect.base import GRAPH_PREPARATION, FaceDetector
 from components.detect.centerface import CenterFaceDetector, bundled_centerface_path
 from components.detect.insightface import InsightFaceDetector
 
@@ -47,8 +47,9 @@ def load_detector(config: DetectorConfig) -> FaceDetector:
 
 
 def detector_fingerprint(config: DetectorConfig) -> str:
-    """Changes whenever a cached detection could differ: model bytes or any decoding setting."""
+    """Changes whenever a cached detection could differ: model bytes, how its graph is prepared, or any
+    decoding setting."""
     digest = hashlib.sha256(config.resolved_path.read_bytes())
     digest.update(repr((config.model_kind, config.input_size, config.score_threshold,
-                        config.nms_threshold)).encode())
+                        config.nms_threshold, GRAPH_PREPARATION)).encode())
     return digest.hexdigest()[:16]

@@ -10,15 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from components.detect.base import Face, OnnxDetector, letterbox, nms, to_faces
+from components.detect.base import Face, OnnxDetector, constant_weights, letterbox, nms, to_faces
 
 STRIDES = {9: (8, 16, 32), 15: (8, 16, 32, 64, 128)}
 
 
 class InsightFaceDetector(OnnxDetector):
     def __init__(self, path: Path, input_size: int, score_threshold: float, nms_threshold: float) -> None:
-        super().__init__(str(path), input_size, score_threshold, nms_threshold)
+        model = constant_weights(onnx.load(str(path))).SerializeToString()
+        super().__init__(model, input_size, score_threshold, nms_threshold)
         n_out = len(self.session.get_outputs())
         if n_out not in STRIDES:
             raise ValueError(f"{path}: {n_out} outputs; expected 9 or 15 (InsightFace detector with 5 landmarks)")

@@ -23,7 +23,7 @@ from components.export import agreement, export_onnx, quantize_int8
 from components.export.faces import sample_faces
 from components.models import get_model
 from components.models.loading import load_backbone
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 from components.training.batchnorm import recalibrate_batchnorm
 
 OUT = Path("reports/bench/quantize.json")

@@ -23,8 +23,9 @@ import torch
 import torch.distributed as dist
 
 from components.models import get_model
+from components.recordio.dataset import FaceRecordDataset
 from components.recordio.format import unpack_header
-from components.recordio.insightface import FaceRecordDataset, write_face_dataset
+from components.recordio.insightface import write_face_dataset
 from components.training.config import TrainConfig
 from components.training.loop import train_worker
 from components.training.sessions import LocalSession

@@ -24,8 +24,9 @@ from typing import Any
 import pandas as pd
 
 from bench.stage_command import run_stage
+from components.recordio.dataset import FaceRecordDataset
 from components.recordio.format import unpack_header
-from components.recordio.insightface import FaceRecordDataset, write_face_dataset
+from components.recordio.insightface import write_face_dataset
 
 OUT = Path("reports/bench/warm_retrain.json")
 WORK = Path("reports/bench/warm_retrain")

@@ -22,7 +22,8 @@ from components.io.atomic import atomic_dir
 from components.io.checksums import sha256_file
 from components.models.loading import load_start
 from components.models.onnx_backbone import ONNX_BACKBONE
-from components.recordio.insightface import FaceRecordDataset, read_property
+from components.recordio.dataset import FaceRecordDataset
+from components.recordio.insightface import read_property
 from components.training.batchnorm import recalibrate_batchnorm
 from components.training.centres import carried_centres
 from components.training.checkpoint import TRAINER, all_centres

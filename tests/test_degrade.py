@@ -45,7 +45,7 @@ def test_degrade_is_seeded_and_applies_distinct_kinds_in_order(face: np.ndarray)
 
 
 def test_training_augmentation_degrades_the_asked_fraction_reproducibly(tmp_path) -> None:  # noqa: ANN001
-    from components.recordio.insightface import FaceRecordDataset
+    from components.recordio.dataset import FaceRecordDataset
     from tests.training_data import write_tiny_faces
 
     root = write_tiny_faces(tmp_path / "packed", classes=4, per_class=10)

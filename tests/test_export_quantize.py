@@ -20,7 +20,7 @@ from components.export import INPUT, OUTPUT, agreement, export_onnx, quantize_in
 from components.export.onnx_export import _prelu_slopes_for_tensorrt
 from components.export.quantize import prelu_as_integer_ops
 from components.models import get_model
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 from components.training.batchnorm import recalibrate_batchnorm
 from faceforge.cli import app
 from tests.training_data import write_tiny_faces

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from components.evaluation.embedders import OnnxEmbedder
 from components.export import export_onnx
 from components.models import get_model
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 from components.serving.client import FaceClient
 from components.serving.photo import PhotoFaces
 from components.serving.triton_server import TritonServer

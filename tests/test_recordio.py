@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from components.recordio.dataset import FaceRecordDataset
 from components.recordio.format import RecordIOError, RecordReader, RecordWriter, unpack_header
-from components.recordio.insightface import FaceRecordDataset, write_face_dataset
+from components.recordio.insightface import write_face_dataset
 
 MAGIC = struct.pack("<I", 0xCED7230A)
 

@@ -17,7 +17,7 @@ from components.evaluation.verification import load_bin
 from components.export import export_onnx
 from components.io.checksums import sha256_file
 from components.models import get_model
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 from components.serving import repository as repo_mod
 from components.serving.lineage import Lineage
 from components.serving.repository import (

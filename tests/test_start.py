@@ -14,7 +14,7 @@ import torch
 from components.imports.sface import SFACE, check_faces, import_packaged
 from components.models import get_model
 from components.models.loading import load_start
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 from components.training import loop
 from components.training.config import TrainConfig
 from components.training.sessions import LocalSession

@@ -21,7 +21,7 @@ import yaml
 from torch.nn.functional import normalize
 
 from components.models.loading import load_backbone
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 from components.serving.lineage import describe_origin
 from components.training import loop
 from components.training.centres import carried_centres

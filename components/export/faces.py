@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 
 
 def sample_faces(packed_dir: Path | str, count: int, seed: int = 0) -> np.ndarray:

@@ -84,9 +84,23 @@ class RecordWriter:
     def __init__(self, rec: BinaryIO, idx: BinaryIO) -> None:
         self.rec, self.idx = rec, idx
 
-    def write(self, key: int, payload: bytes) -> None:
-        self.idx.write(f"{key}\t{self.rec.tell()}\n".encode())
+    def write(self, key: int, payload: bytes) -> int:
+        """Append one record; returns its offset in ``.rec``."""
+        offset = self.rec.tell()
+        self.idx.write(f"{key}\t{offset}\n".encode())
         self.rec.write(_encode_parts(payload))
+        return offset
+
+    def overwrite(self, offset: int, old: bytes, new: bytes) -> None:
+        """Replace the record written at ``offset`` with ``old`` by ``new`` of the same framed size (a header
+        whose counts are known only once every record is written), then carry on appending."""
+        framed = _encode_parts(new)
+        if len(framed) != len(_encode_parts(old)):
+            raise ValueError("a record can only be overwritten by one of the same framed size")
+        end = self.rec.tell()
+        self.rec.seek(offset)
+        self.rec.write(framed)
+        self.rec.seek(end)
 
 
 def read_index(idx_path: Path) -> dict[int, int]:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.functional import normalize
 from torch.utils.data import DataLoader, Subset
 
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 
 
 @torch.no_grad()

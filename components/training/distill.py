@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from components.evaluation.embedders import OnnxEmbedder
 from components.heads.dist import all_reduce, rank_and_world
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 
 
 def teacher_targets(teacher: Path, dataset: FaceRecordDataset, batch_size: int = 64) -> np.ndarray:

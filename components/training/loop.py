@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from components.heads import CombinedMarginLoss, CurricularFace, PartialFC
 from components.models.loading import load_start
+from components.recordio.dataset import FaceRecordDataset
 from components.recordio.format import unpack_header
-from components.recordio.insightface import FaceRecordDataset, read_property
+from components.recordio.insightface import read_property
 from components.training.centres import class_mean_centres
 from components.training.checkpoint import load_checkpoint, save_checkpoint
 from components.training.config import TrainConfig

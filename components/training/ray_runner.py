@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from components import env_defaults
 from components.ray_cluster import check_shared, connect
-from components.recordio.insightface import FaceRecordDataset
+from components.recordio.dataset import FaceRecordDataset
 from components.training.config import TrainConfig
 from components.training.local_process_group import local_torch_config
 from components.training.loop import check_inputs, train_worker

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from components.detect.factory import DetectorConfig, load_detector
 from components.executor import default_workers, parallel_map
-from components.io.images import read_rgb
-from components.recordio.insightface import FaceRecordDataset
+from components.io.images import ImageRejected, read_rgb
+from components.recordio.dataset import FaceRecordDataset
 from pipelines import align, detect, pack
 from pipelines.params import load_params
 
@@ -33,12 +33,19 @@ OUT = Path("reports/bench/data_stages.json")
 class _BareDetect:
     """The detector alone on decoded images: the floor the stage is compared with."""
 
-    def __init__(self, config: tuple[DetectorConfig, Path]) -> None:
+    def __init__(self, config: tuple[DetectorConfig, Path, int]) -> None:
         self.detector = load_detector(config[0])
-        self.root = config[1]
+        self.root, self.max_pixels = config[1], config[2]
+
+    def _one(self, path: str) -> int:
+        try:
+            rgb = read_rgb(self.root / path, self.max_pixels)
+        except ImageRejected:  # a hostile file: the stage rejects it at the same decoding step
+            return -1
+        return len(self.detector.detect(rgb))
 
     def __call__(self, items: list[dict]) -> list[dict]:
-        return [{"n": len(self.detector.detect(read_rgb(self.root / i["path"], 10**9)))} for i in items]
+        return [{"n": self._one(i["path"])} for i in items]
 
 
 def main() -> None:
@@ -51,7 +58,8 @@ def main() -> None:
                                  "processor": platform.processor()}, "images": len(files)}
 
     start = time.perf_counter()
-    parallel_map(_BareDetect, (config, root), [{"path": f} for f in files], workers=p.workers, desc="bare")
+    parallel_map(_BareDetect, (config, root, p.max_pixels), [{"path": f} for f in files], workers=p.workers,
+                 desc="bare")
     bare = time.perf_counter() - start
 
     cache = Path("data/detect_cache")

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from components.io.images import read_rgb
-from components.recordio.insightface import FaceRecordDataset, read_property
+from components.recordio.dataset import FaceRecordDataset
+from components.recordio.insightface import read_property
 from pipelines import align, detect, pack, quality_filter
 from pipelines.params import Params, load_params
 from tests.bad_inputs import write_bad_inputs
@@ -74,10 +75,11 @@ def test_whole_data_half_survives_bad_inputs(workdir: Path, bad_raw) -> None:
     assert labels == sorted(labels) and set(labels) == set(range(classes))
 
 
-def test_detect_cache_only_detects_new_photos(workdir: Path, raw_copy: Path) -> None:
+def test_new_photos_are_the_only_ones_detected_aligned_and_measured(workdir: Path, raw_copy: Path) -> None:
     params = _params(workdir)
-    first = detect.run(params)
-    assert first["detected_this_run"] == first["images_listed"]
+    first = {stage.STAGE: stage.run(params) for stage in (detect, align, quality_filter)}
+    assert first["detect"]["detected_this_run"] == first["detect"]["images_listed"]
+    assert first["align"]["reused"] == first["quality_filter"]["reused"] == 0
     source = next(raw_copy.glob("*/*.jpg"))
     (raw_copy / "newcomer").mkdir()
     for i in range(3):  # new content: flip and crop so the bytes differ
@@ -85,11 +87,29 @@ def test_detect_cache_only_detects_new_photos(workdir: Path, raw_copy: Path) -> 
         from PIL import Image
 
         Image.fromarray(np.ascontiguousarray(rgb)).save(raw_copy / "newcomer" / f"{i}.jpg")
-    second = detect.run(params)
-    assert second["detected_this_run"] == 3
-    assert second["cache_hits"] == first["images_listed"]
+    second = {stage.STAGE: stage.run(params) for stage in (detect, align, quality_filter)}
+    assert second["detect"]["detected_this_run"] == 3
+    assert second["detect"]["cache_hits"] == first["detect"]["images_listed"]
     table = pd.read_parquet(params.detect.out_dir / "detections.parquet")
-    assert len(table) == first["images_listed"] + 3
+    assert len(table) == first["detect"]["images_listed"] + 3
+    assert second["align"]["aligned_this_run"] == 3 and second["align"]["reused"] == first["align"]["images_in"]
+    assert second["quality_filter"]["measured_this_run"] == second["align"]["images_aligned"] - first["align"][
+        "images_aligned"]
+
+    # What was reused equals what a run from nothing makes: crops byte for byte, manifests row for row.
+    incremental = {d: _contents(d) for d in (params.align.out_dir, params.quality_filter.out_dir)}
+    for folder in incremental:
+        (folder / "fingerprint.txt").unlink()
+    align.run(params)
+    quality_filter.run(params)
+    for folder, contents in incremental.items():
+        assert _contents(folder) == contents, folder
+
+
+def _contents(folder: Path) -> dict[str, object]:
+    """A data folder's crops (bytes) and manifest (rows), leaving out files that hold run-specific bytes."""
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.jpg"))}
+    return files | {"manifest": pd.read_parquet(folder / "manifest.parquet").to_json()}
 
 
 def test_failed_validation_stops_and_keeps_previous_output(workdir: Path, raw_copy: Path) -> None:

@@ -7,6 +7,7 @@ warped again (components/io/reuse.py); only new or changed photos are aligned.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,6 +32,11 @@ def _key(identity: str, sha256: str, landmarks: Any) -> tuple:
     return identity, sha256, tuple(float(v) for v in landmarks)
 
 
+def _reusable(row: dict[str, Any] | None, previous: Path) -> dict[str, Any] | None:
+    """The previous row, if its crop is still there (a file deleted by hand is made again)."""
+    return row if row is not None and (previous / row["aligned_path"]).is_file() else None
+
+
 def run(params: Params) -> dict[str, Any]:
     p = params.align
     detections = pd.read_parquet(params.detect.out_dir / "detections.parquet")
@@ -43,7 +49,7 @@ def run(params: Params) -> dict[str, Any]:
         job = AlignJob(params.data.raw_dir.resolve(), tmp.resolve(), p.image_size, p.jpeg_quality,
                        params.detect.max_pixels)  # absolute: Ray actors run in other folders
         items = ok[["path", "identity", "sha256", "landmarks"]].to_dict("records")
-        reused = [known.get(_key(i["identity"], i["sha256"], i["landmarks"])) for i in items]
+        reused = [_reusable(known.get(_key(i["identity"], i["sha256"], i["landmarks"])), p.out_dir) for i in items]
         for row in filter(None, reused):
             link_file(p.out_dir / row["aligned_path"], tmp / row["aligned_path"])
         todo = [item for item, old in zip(items, reused, strict=True) if old is None]

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.evaluation.ijbc_meta import read_ijbc_meta
-from components.sample.eval_sets import EvalSetConfig, write_eval_sets
+from components.sample.eval_sets import EvalSetConfig, detect_sources, write_eval_sets, write_ijbc_mini
 from faceforge.cli import app
 from pipelines import eval as eval_stage
 from pipelines.params import ParamsError, load_params
@@ -38,6 +38,17 @@ def test_generator_writes_the_ijbc_layout_deterministically(eval_sets: Path, tmp
     write_eval_sets(tmp_path / "again", EvalSetConfig(subjects=(31, 32, 33, 34), templates_per_subject=5,
                                                       bin_pairs=40, seed=1))
     assert _digest(tmp_path / "again") == _digest(eval_sets)
+
+
+def test_a_large_set_lists_a_bounded_sample_of_template_pairs(tmp_path: Path) -> None:
+    # At 10^5 images every template pair would be 10^9 pairs; each template gets at most 6 partners here.
+    config = EvalSetConfig(subjects=(31, 32, 33), templates_per_subject=8, max_pairs_per_template=6)
+    write_ijbc_mini(tmp_path / "set", detect_sources(config.subjects), config)
+    meta = read_ijbc_meta(tmp_path / "set")
+    first, second = (meta.template_ids[i] for i in meta.pair_index)
+    assert (first < second).all() and len({*zip(first, second, strict=True)}) == len(first)  # no pair twice
+    assert np.bincount(first).max() <= 6 and 0 < meta.pair_label.sum() < len(meta.pair_label)
+    assert len(meta.galleries["G1"][0]) + len(meta.galleries["G2"][0]) == 3  # one gallery template per subject
 
 
 def test_eval_ijbc_with_model_then_with_its_features(eval_sets: Path, model_dir: Path, tmp_path: Path) -> None:

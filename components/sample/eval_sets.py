@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from components.align.similarity import align_face
@@ -38,6 +39,10 @@ class EvalSetConfig:
     bin_pairs: int = 600
     seed: int = 0
     jpeg_quality: tuple[int, int] = (70, 95)
+    # 0: every template pair is in the 1:1 list (IJB-C-like for a small set). n > 0: each template is paired
+    # with at most n later templates, half of its own subject where it has them, the rest impostors (IJB-C
+    # itself lists 15.7M of its 267M possible pairs): a set of 10^5 images then stays 10^6 pairs, not 10^9.
+    max_pairs_per_template: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,10 @@ def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: Ev
     (meta / f"{target}_name_5pts_score.txt").write_text("\n".join(lmk_lines) + "\n")
 
     subjects = np.asarray(template_subject)
-    i, j = np.triu_indices(len(subjects), k=1)
+    if config.max_pairs_per_template:
+        i, j = _sampled_pairs(rng, subjects, config.max_pairs_per_template)
+    else:
+        i, j = np.triu_indices(len(subjects), k=1)
     labels = (subjects[i] == subjects[j]).astype(int)
     pairs = np.column_stack([i + 1, j + 1, labels])
     np.savetxt(meta / f"{target}_template_pair_label.txt", pairs, fmt="%d", delimiter=" ")
@@ -147,6 +155,24 @@ def write_ijbc_mini(root: Path, sources: dict[int, list[SourceFace]], config: Ev
     (meta / f"{target}_1N_probe_mixed.csv").write_text(header + "\n".join(probe_rows) + "\n")
     return {"images": image_no, "media": media_no, "templates": len(subjects), "pairs": len(pairs),
             "genuine_pairs": int(labels.sum())}
+
+
+def _sampled_pairs(rng: np.random.Generator, subjects: np.ndarray, per_template: int) -> tuple[np.ndarray, np.ndarray]:
+    """Template index pairs (i < j): for each template up to ``per_template // 2`` later templates of its own
+    subject, and up to the rest impostors (later templates of other subjects, drawn at random); no pair twice."""
+    firsts, seconds = [], []
+    by_subject = {s: np.flatnonzero(subjects == s) for s in np.unique(subjects)}
+    for i, subject in enumerate(subjects):
+        own = by_subject[subject]
+        own = own[own > i]
+        genuine = rng.choice(own, min(len(own), per_template // 2), replace=False) if len(own) else own
+        wanted = per_template - len(genuine)
+        draws = rng.integers(i + 1, len(subjects), 2 * wanted) if i + 1 < len(subjects) else own
+        impostor = pd.unique(draws[subjects[draws] != subject])[:wanted]  # first-drawn order: reproducible
+        partners = np.sort(np.concatenate([genuine, impostor]))
+        firsts.append(np.full(len(partners), i))
+        seconds.append(partners)
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
 
 
 def _aligned_view(rng: np.random.Generator, source: SourceFace, config: EvalSetConfig) -> bytes:

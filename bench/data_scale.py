@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data_stages import _BareDetect
+from bench.stage_command import measure_command
 from components.detect.factory import DetectorConfig
 from components.executor import default_workers, parallel_map
 from components.sample.corpus import CorpusConfig, write_corpus
@@ -38,32 +39,6 @@ STAGES = ("detect", "align", "quality_filter", "pack")
 IDENTITY_SIZE = 20  # photos per identity folder: 100k photos -> 5,000 identities
 BARE_PHOTOS = 10_000  # the bare detector's sample: its rate, without a second hour at 100k
 DVC = [sys.executable, "-m", "dvc"]
-
-
-def _command(args: list[str], cwd: Path) -> dict[str, float]:
-    """Run ``args`` to the end: wall seconds, and the memory of the processes it starts under it (the stage
-    and its pool workers, not DVC's own process), sampled every 0.1 s: ``peak_rss_mb`` of the largest one and
-    ``peak_total_rss_mb`` of all of them at once."""
-    import psutil
-
-    start = time.perf_counter()
-    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    parent = psutil.Process(process.pid)
-    largest = total = 0
-    while process.poll() is None:
-        sizes = []
-        for child in parent.children(recursive=True):
-            try:
-                sizes.append(child.memory_info().rss)
-            except psutil.Error:  # ended between listing and reading
-                continue
-        largest, total = max([largest, *sizes]), max(total, sum(sizes))
-        time.sleep(0.1)
-    seconds = time.perf_counter() - start
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed in {cwd}:\n{process.stderr.read().decode()[-3000:]}")
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(largest / 2**20, 1),
-            "peak_total_rss_mb": round(total / 2**20, 1)}
 
 
 def _size_mb(path: Path) -> float:
@@ -100,7 +75,7 @@ def _project(photos: int) -> Path:
 def _stages(root: Path, photos: int) -> dict[str, Any]:
     rows = {}
     for stage in STAGES:
-        row = _command([*DVC, "repro", "-s", "-q", stage], root)
+        row = measure_command([*DVC, "repro", "-s", "-q", stage], root)
         row["seconds_per_1000_photos"] = round(row["seconds"] * 1000 / photos, 3)
         row["output_mb"] = {str(p): _size_mb(root / p) for p in _outputs(root, stage)}
         rows[stage] = row
@@ -131,11 +106,11 @@ def _dvc_round_trip(root: Path) -> dict[str, Any]:
     remote = WORK / f"remote_{root.name}"
     shutil.rmtree(remote, ignore_errors=True)
     subprocess.run([*DVC, "remote", "add", "-q", "-f", "-d", "bench", str(remote)], cwd=root, check=True)
-    push = _command([*DVC, "push", "-q", "--with-deps", "pack"], root)
+    push = measure_command([*DVC, "push", "-q", "--with-deps", "pack"], root)
     shutil.rmtree(root / ".dvc" / "cache")
     for stage_out in ("data/raw", "data/detect", "data/detect_cache", "data/aligned", "data/quality", "data/packed"):
         shutil.rmtree(root / stage_out, ignore_errors=True)
-    pull = _command([*DVC, "pull", "-q", "--with-deps", "pack"], root)
+    pull = measure_command([*DVC, "pull", "-q", "--with-deps", "pack"], root)
     return {"push": push, "pull": pull, "remote_mb": _size_mb(remote)}
 
 
@@ -145,21 +120,21 @@ def measure(photos: int) -> dict[str, Any]:
     _corpus(photos)
     row["corpus_seconds"] = round(time.perf_counter() - start, 1)
     root = _project(photos)
-    row["dvc_add"] = _command([*DVC, "add", "-q", "data/raw"], root)
+    row["dvc_add"] = measure_command([*DVC, "add", "-q", "data/raw"], root)
     row["stages"] = _stages(root, photos)
     detect = json.loads((root / "reports" / "detect.json").read_text())
     row["bare_detector"] = _bare_detector(root)
     detect_rate = photos / row["stages"]["detect"]["seconds"]  # the whole command: DVC, imports, hashing
     row["detect_vs_bare"] = round(detect_rate / row["bare_detector"]["photos_per_s"], 3)
     row["detect_report"] = {k: detect.get(k) for k in ("images_listed", "detected_this_run", "cache_hits")}
-    row["noop_dvc_status"] = _command([*DVC, "status", "--with-deps", "pack"], root)  # up to pack: what ran
-    row["noop_dvc_repro"] = _command([*DVC, "repro", "-q", "pack"], root)
+    row["noop_dvc_status"] = measure_command([*DVC, "status", "--with-deps", "pack"], root)  # up to pack: what ran
+    row["noop_dvc_repro"] = measure_command([*DVC, "repro", "-q", "pack"], root)
     row["dvc_round_trip"] = _dvc_round_trip(root)
 
     more = photos + max(1, photos // 100)
     write_corpus(root / "data" / "raw", CorpusConfig(photos=more, identities=row["identities"]), start=photos)
     row["one_percent_more"] = {"photos_added": more - photos,
-                               "dvc_add": _command([*DVC, "add", "-q", "data/raw"], root),
+                               "dvc_add": measure_command([*DVC, "add", "-q", "data/raw"], root),
                                "stages": _stages(root, more - photos)}
     detect = json.loads((root / "reports" / "detect.json").read_text())
     row["one_percent_more"]["detected_this_run"] = detect.get("detected_this_run")

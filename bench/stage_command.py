@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,3 +22,31 @@ def run_stage(stage: str, sets: list[str]) -> tuple[dict[str, Any], float]:
     if done.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(Path(f"reports/{stage}.json").read_text()), seconds
+
+
+def measure_command(args: list[str], cwd: Path | None = None, itself: bool = False) -> dict[str, float]:
+    """Run ``args`` to the end: wall seconds, and the memory of the processes it starts under it (a stage and
+    its pool workers, not DVC's own process; with ``itself``, the command's own process too), sampled every
+    0.1 s: ``peak_rss_mb`` of the largest one and ``peak_total_rss_mb`` of all of them at once."""
+    import psutil
+
+    errors = tempfile.TemporaryFile()  # not a pipe: a command that writes much would block on a full one
+    start = time.perf_counter()
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
+    parent = psutil.Process(process.pid)
+    largest = total = 0
+    while process.poll() is None:
+        sizes = []
+        for member in [parent, *parent.children(recursive=True)] if itself else parent.children(recursive=True):
+            try:
+                sizes.append(member.memory_info().rss)
+            except psutil.Error:  # ended between listing and reading
+                continue
+        largest, total = max([largest, *sizes]), max(total, sum(sizes))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    if process.returncode:
+        errors.seek(0)
+        raise RuntimeError(f"{' '.join(args)} failed in {cwd or Path.cwd()}:\n{errors.read().decode()[-3000:]}")
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(largest / 2**20, 1),
+            "peak_total_rss_mb": round(total / 2**20, 1)}

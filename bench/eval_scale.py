@@ -1,10 +1,12 @@
 """[M] Evaluation by model at scale: ``faceforge eval ijbc --model`` on IJB-format sets of 10k and 100k images.
 
-For each size (``python -m bench.eval_scale 10000 100000``, the default), after ``make demo``:
+For each size (``python -m bench.eval_scale 10000 100000``, the default):
 - an IJB-C-format set of that many loose crops (components/sample/eval_sets.py) from all 40 ORL subjects,
   generated once and reused; each template is paired with at most 20 others (``max_pairs_per_template``),
   as IJB-C lists 6% of its possible pairs. 40 people only: the set measures cost, not accuracy;
-- ``faceforge eval ijbc --model data/export/model.onnx`` as a user runs it (process start, imports, reading
+- the model: faceforge's MobileFaceNet (``mbf``, 512-d) exported to ONNX as the export stage does, random
+  weights (cost only; the demo's fine-tuned SFace embeds at 40 faces/s here, which would take an hour at 100k);
+- ``faceforge eval ijbc --model <that .onnx>`` as a user runs it (process start, imports, reading
   and aligning every crop in its loader process, embedding with the flip, scoring, writing): wall seconds,
   images per second, peak RSS of its processes;
 - the bare model in the same run: ONNX Runtime on the same crops already decoded and aligned, batch 64,
@@ -35,7 +37,7 @@ from components.sample.orl import IDENTITIES
 
 WORK = Path("reports/bench/eval_scale")
 OUT = Path("reports/bench/eval_scale.json")
-MODEL = Path("data/export/model.onnx")
+MODEL = WORK / "mbf.onnx"
 IMAGES_PER_TEMPLATE = 3  # the generator's mean: 1-3 media of 1-2 frames
 BARE_IMAGES = 10_000
 BATCH = 64
@@ -66,6 +68,18 @@ def _bare(root: Path) -> dict[str, float]:
     return {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1)}
 
 
+def _model() -> None:
+    if not MODEL.is_file():
+        import torch
+
+        from components.export.onnx_export import export_onnx
+        from components.models import get_model
+
+        torch.manual_seed(0)
+        MODEL.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(get_model("mbf", 512).eval(), MODEL)
+
+
 def measure(images: int) -> dict[str, Any]:
     start = time.perf_counter()
     root, counts = _eval_set(images)
@@ -84,8 +98,7 @@ def measure(images: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    if not MODEL.is_file():
-        sys.exit(f"{MODEL} not found: run `make demo` first")
+    _model()
     sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
     results: dict[str, Any] = {"machine": f"{default_workers()} CPU cores", "model": str(MODEL), "sizes": {}}
     for images in sizes:

@@ -34,6 +34,7 @@ bench: setup
 	$(UV) run --frozen python -m bench.train_head
 	$(UV) run --frozen python -m bench.train_e2e
 	$(UV) run --frozen python -m bench.eval_ijbc
+	$(UV) run --frozen python -m bench.eval_scale   # faceforge eval ijbc --model on 10k / 100k images vs bare ONNX Runtime
 	$(UV) run --frozen python -m bench.quantize
 	$(UV) run --frozen python -m bench.pretrained   # from scratch vs SFace imported / fine-tuned / distilled
 	$(UV) run --frozen python -m bench.warm_retrain   # warm retrain after new identities vs from scratch

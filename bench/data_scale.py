@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data_stages import _BareDetect
-from bench.stage_command import measure_command
+from bench.stage_command import measure_command, measure_sizes
 from components.detect.factory import DetectorConfig
 from components.executor import default_workers, parallel_map
 from components.sample.corpus import CorpusConfig, write_corpus
@@ -146,14 +146,8 @@ def measure(photos: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [1000, 10_000, 100_000]
-    results: dict[str, Any] = {"machine": f"{default_workers()} CPU cores", "sizes": {}}
-    for photos in sizes:
-        print(f"{photos} photos ...", flush=True)
-        results["sizes"][str(photos)] = measure(photos)
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results["sizes"][str(photos)], indent=1), flush=True)
+    measure_sizes(measure, [int(a) for a in sys.argv[1:]] or [1000, 10_000, 100_000], OUT, "photos",
+                  {"machine": f"{default_workers()} CPU cores"})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.stage_command import FACEFORGE, measure_command
+from bench.stage_command import FACEFORGE, measure_command, measure_sizes
 from components.align.similarity import align_face
 from components.evaluation.embedders import OnnxEmbedder, embed_batches
 from components.evaluation.ijbc_meta import read_ijbc_meta
@@ -99,14 +99,8 @@ def measure(images: int) -> dict[str, Any]:
 
 def main() -> None:
     _model()
-    sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
-    results: dict[str, Any] = {"machine": f"{default_workers()} CPU cores", "model": str(MODEL), "sizes": {}}
-    for images in sizes:
-        print(f"{images} images ...", flush=True)
-        results["sizes"][str(images)] = measure(images)
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results["sizes"][str(images)], indent=1), flush=True)
+    measure_sizes(measure, [int(a) for a in sys.argv[1:]] or [10_000, 100_000], OUT, "images",
+                  {"machine": f"{default_workers()} CPU cores", "model": str(MODEL)})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,15 @@ def measure_command(args: list[str], cwd: Path | None = None, itself: bool = Fal
         raise RuntimeError(f"{' '.join(args)} failed in {cwd or Path.cwd()}:\n{errors.read().decode()[-3000:]}")
     return {"seconds": round(seconds, 3), "peak_rss_mb": round(largest / 2**20, 1),
             "peak_total_rss_mb": round(total / 2**20, 1)}
+
+
+def measure_sizes(measure: Callable[[int], dict[str, Any]], sizes: list[int], out: Path, unit: str,
+                  header: dict[str, Any]) -> None:
+    """``measure`` each size in turn, rewriting ``out`` after each (a long run keeps what it measured)."""
+    results: dict[str, Any] = {**header, "sizes": {}}
+    for size in sizes:
+        print(f"{size} {unit} ...", flush=True)
+        results["sizes"][str(size)] = measure(size)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["sizes"][str(size)], indent=1), flush=True)

@@ -19,7 +19,14 @@ from components.align.batch import AlignJob, AlignWorker
 from components.executor import parallel_map
 from components.io.atomic import atomic_dir
 from components.io.rejects import Rejection, write_rejected
-from components.io.reuse import fingerprint, link_file, previous_manifest, write_fingerprint
+from components.io.reuse import (
+    fingerprint,
+    link_file,
+    matching_rows,
+    previous_manifest,
+    reuse_or_compute,
+    write_fingerprint,
+)
 from pipelines.common import timed, write_report
 from pipelines.params import Params
 
@@ -28,13 +35,15 @@ RESULTS = ["aligned_path", "aligned_landmarks", "interocular"]
 _CODE = [components.align.batch, components.align.similarity, components.io.images]
 
 
-def _key(identity: str, sha256: str, landmarks: Any) -> tuple:
-    return identity, sha256, tuple(float(v) for v in landmarks)
+def _key(row: dict[str, Any]) -> tuple:
+    return row["identity"], row["sha256"], tuple(float(v) for v in row["landmarks"])
 
 
 def _reusable(row: dict[str, Any] | None, previous: Path) -> dict[str, Any] | None:
-    """The previous row, if its crop is still there (a file deleted by hand is made again)."""
-    return row if row is not None and (previous / row["aligned_path"]).is_file() else None
+    """The previous row as a result, if its crop is still there (a file deleted by hand is made again)."""
+    if row is None or not (previous / row["aligned_path"]).is_file():
+        return None
+    return {"status": "ok", "detail": "", **{k: row[k] for k in RESULTS}}
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -43,20 +52,18 @@ def run(params: Params) -> dict[str, Any]:
     ok = detections[detections.status == "ok"].reset_index(drop=True)
     stamp = fingerprint((p.image_size, p.jpeg_quality, params.detect.max_pixels), _CODE)
     previous = previous_manifest(p.out_dir, stamp, ["identity", "sha256", "landmarks", *RESULTS])
-    known = {_key(r["identity"], r["sha256"], r["landmarks"]): r for r in previous.to_dict("records")}
     report: dict[str, Any] = {}
     with timed(report), atomic_dir(p.out_dir) as tmp:
         job = AlignJob(params.data.raw_dir.resolve(), tmp.resolve(), p.image_size, p.jpeg_quality,
                        params.detect.max_pixels)  # absolute: Ray actors run in other folders
         items = ok[["path", "identity", "sha256", "landmarks"]].to_dict("records")
-        reused = [_reusable(known.get(_key(i["identity"], i["sha256"], i["landmarks"])), p.out_dir) for i in items]
+        reused = [_reusable(row, p.out_dir) for row in matching_rows(previous, items, _key)]
         for row in filter(None, reused):
             link_file(p.out_dir / row["aligned_path"], tmp / row["aligned_path"])
-        todo = [item for item, old in zip(items, reused, strict=True) if old is None]
-        fresh = iter(parallel_map(AlignWorker, job, todo, workers=params.detect.workers, desc=STAGE,
-                                  shared={"data.raw_dir": job.raw_root, "align.out_dir": job.out_root}))
-        results = pd.DataFrame([{"status": "ok", "detail": "", **{k: old[k] for k in RESULTS}} if old is not None
-                                else next(fresh) for old in reused])
+        rows, aligned_now = reuse_or_compute(items, reused, lambda todo: parallel_map(
+            AlignWorker, job, todo, workers=params.detect.workers, desc=STAGE,
+            shared={"data.raw_dir": job.raw_root, "align.out_dir": job.out_root}))
+        results = pd.DataFrame(rows)
         table = pd.concat([ok.drop(columns=["status", "detail"]), results], axis=1)
         kept = table[table.status == "ok"].drop(columns=["status", "detail"])
         kept.to_parquet(tmp / "manifest.parquet", index=False)
@@ -65,6 +72,6 @@ def run(params: Params) -> dict[str, Any]:
         by_reason = write_rejected(tmp / "rejected.csv", rejects)
     report.update(images_in=len(ok), images_aligned=len(kept), images_rejected=len(rejects),
                   rejected_by_reason=by_reason, identities=int(kept.identity.nunique()),
-                  aligned_this_run=len(todo), reused=len(ok) - len(todo))
+                  aligned_this_run=aligned_now, reused=len(ok) - aligned_now)
     write_report(STAGE, report)
     return report

@@ -20,7 +20,14 @@ import components.quality.metrics
 from components.executor import parallel_map
 from components.io.atomic import atomic_dir
 from components.io.rejects import Rejection, write_rejected
-from components.io.reuse import fingerprint, previous_manifest, read_fingerprint, write_fingerprint
+from components.io.reuse import (
+    fingerprint,
+    matching_rows,
+    previous_manifest,
+    read_fingerprint,
+    reuse_or_compute,
+    write_fingerprint,
+)
 from components.quality.batch import QualityWorker
 from components.quality.filter import QualityThresholds, apply_thresholds
 from components.quality.plots import plot_quality
@@ -39,8 +46,8 @@ class DataValidationError(RuntimeError):
     """The manifest broke a critical expectation; the message is the readable summary."""
 
 
-def _key(aligned_path: str, aligned_landmarks: Any) -> tuple:
-    return aligned_path, tuple(float(v) for v in aligned_landmarks)
+def _key(row: dict[str, Any]) -> tuple:
+    return row["aligned_path"], tuple(float(v) for v in row["aligned_landmarks"])
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -49,17 +56,16 @@ def run(params: Params) -> dict[str, Any]:
     made_by = read_fingerprint(params.align.out_dir)
     stamp = None if made_by is None else fingerprint(made_by, _CODE)
     previous = previous_manifest(p.out_dir, stamp, ["aligned_path", "aligned_landmarks", *MEASURES])
-    known = {_key(r["aligned_path"], r["aligned_landmarks"]): r for r in previous.to_dict("records")}
     report: dict[str, Any] = {}
     with timed(report), atomic_dir(p.out_dir) as tmp:
         items = aligned[["aligned_path", "aligned_landmarks"]].to_dict("records")
-        reused = [known.get(_key(i["aligned_path"], i["aligned_landmarks"])) for i in items]
-        todo = [item for item, old in zip(items, reused, strict=True) if old is None]
+        reused = [None if old is None else {**{k: old[k] for k in MEASURES}, "measure_error": ""}
+                  for old in matching_rows(previous, items, _key)]
         aligned_dir = params.align.out_dir.resolve()  # absolute: Ray actors run in other folders
-        fresh = iter(parallel_map(QualityWorker, aligned_dir, todo, workers=params.detect.workers,
-                                  desc=STAGE, shared={"align.out_dir": aligned_dir}))
-        measured = pd.DataFrame([{**{k: old[k] for k in MEASURES}, "measure_error": ""} if old is not None
-                                 else next(fresh) for old in reused])
+        rows, measured_now = reuse_or_compute(items, reused, lambda todo: parallel_map(
+            QualityWorker, aligned_dir, todo, workers=params.detect.workers, desc=STAGE,
+            shared={"align.out_dir": aligned_dir}))
+        measured = pd.DataFrame(rows)
         table = pd.concat([aligned.reset_index(drop=True), measured], axis=1)
         unreadable = table[table.measure_error != ""]
         table = table[table.measure_error == ""].drop(columns="measure_error").reset_index(drop=True)
@@ -89,7 +95,7 @@ def run(params: Params) -> dict[str, Any]:
     report.update(
         images_in=len(aligned), images_kept=len(kept), images_rejected=len(rejects),
         rejected_fraction=round(len(rejects) / max(1, len(aligned)), 4), rejected_by_reason=by_reason,
-        identities_kept=int(kept.identity.nunique()), measured_this_run=len(todo), reused=len(items) - len(todo),
+        identities_kept=int(kept.identity.nunique()), measured_this_run=measured_now, reused=len(items) - measured_now,
         validation={"success": summary.success, "evaluated": summary.evaluated, "warnings": len(summary.warnings)},
         quality={c: round(float(kept[c].median()), 3) for c in ("blur", "brightness", "yaw", "pitch", "score")}
         if len(kept) else {},

@@ -13,12 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, TypeVar
 
 import pandas as pd
 
 FINGERPRINT_FILE = "fingerprint.txt"
+Row = dict[str, Any]
+Result = TypeVar("Result")
 
 
 def fingerprint(settings: object, modules: list[ModuleType]) -> str:
@@ -38,6 +42,21 @@ def previous_manifest(folder: Path, stamp: str | None, columns: list[str]) -> pd
     except (OSError, ValueError):  # no previous output, or one this code cannot read: start afresh
         pass
     return pd.DataFrame(columns=columns)
+
+
+def matching_rows(previous: pd.DataFrame, items: list[Row], key: Callable[[Row], Hashable]) -> list[Row | None]:
+    """For each item, the previous row with the same ``key`` (both are rows with the key's columns), else None."""
+    known = {key(row): row for row in previous.to_dict("records")}
+    return [known.get(key(item)) for item in items]
+
+
+def reuse_or_compute(items: list[Row], reused: list[Result | None],
+                     compute: Callable[[list[Row]], Iterable[Result]]) -> tuple[list[Result], int]:
+    """One result per item, in order: the reused one where there is one, else ``compute``'s, which is called once
+    with only the items that have none (a single parallel batch). Returns the results and how many were computed."""
+    todo = [item for item, old in zip(items, reused, strict=True) if old is None]
+    fresh = iter(compute(todo))
+    return [old if old is not None else next(fresh) for old in reused], len(todo)
 
 
 def write_fingerprint(folder: Path, stamp: str) -> None:

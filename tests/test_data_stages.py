@@ -49,6 +49,11 @@ def test_whole_data_half_survives_bad_inputs(workdir: Path, bad_raw) -> None:
     rejected = _rejected(params.detect.out_dir / "rejected.csv")
     rejected.update(_rejected(params.align.out_dir / "rejected.csv"))
     rejected.update(_rejected(params.quality_filter.out_dir / "rejected.csv"))
+    # No output names where this checkout lives: the same bytes in any clone and from any Ray node. detect's
+    # rows belong to the photo's bytes (cached by SHA-256): they name no file; rejected.csv's path column does.
+    detections = pd.read_parquet(params.detect.out_dir / "detections.parquet")
+    assert not any(str(workdir) in str(d) or str(raw) in str(d) for d in detections.detail), detections.detail
+    assert not any(p in str(d) for p, d in zip(detections.path, detections.detail, strict=True))
     for rel, reason in expected.items():
         if reason is None:
             assert rel not in rejected or rejected[rel] in ("duplicate",), f"{rel} was dropped: {rejected.get(rel)}"

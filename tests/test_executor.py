@@ -38,7 +38,7 @@ class RejectsOdd:
 
     def __call__(self, items: list[dict]) -> list[dict]:
         if any(item["x"] % 2 for item in items):
-            raise ImageRejected("unreadable", "odd.jpg: cannot identify image file")
+            raise ImageRejected("unreadable", "odd.jpg", "cannot identify image file")
         return items
 
 

@@ -29,7 +29,7 @@ class AlignWorker:
     def _one(self, item: dict[str, Any]) -> dict[str, Any]:
         landmarks = np.asarray(item["landmarks"], dtype=np.float64).reshape(5, 2)
         try:
-            rgb = read_rgb(self.job.raw_root / item["path"], self.job.max_pixels)
+            rgb = read_rgb(self.job.raw_root / item["path"], self.job.max_pixels, item["path"])
             crop, mapped = align_face(rgb, landmarks, self.job.image_size)
         except ImageRejected as exc:
             return {"status": exc.reason, "detail": exc.detail}

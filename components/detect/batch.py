@@ -34,13 +34,13 @@ class DetectWorker:
     def _one(self, rel_path: str) -> dict[str, Any]:
         try:
             rgb = read_rgb(self.job.root / rel_path, self.job.max_pixels)
-        except ImageRejected as exc:
-            return empty_result(exc.reason, exc.detail)
+        except ImageRejected as exc:  # a row belongs to the bytes (cached by SHA-256), not to a file name
+            return empty_result(exc.reason, exc.problem)
         height, width = rgb.shape[:2]
         faces = self.detector.detect(rgb)
         main = pick_main_face(faces, width, height, self.job.centre_weight)
         if main is None:
-            row = empty_result("no_face", f"{rel_path}: no face above the score threshold")
+            row = empty_result("no_face", "no face above the score threshold")
             row.update(width=width, height=height)
             return row
         return {"status": "ok", "detail": "", "width": width, "height": height,

@@ -20,15 +20,17 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageRejected(Exception):
-    """An input image that cannot be used; ``reason`` is a stable short code."""
+    """An input image that cannot be used: ``reason`` is a stable short code, ``problem`` what is wrong with the
+    bytes (the same wherever they are stored: a content-keyed cache keeps it), ``detail`` both with the file's
+    ``name``."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    def __init__(self, reason: str, name: str, problem: str) -> None:
+        self.reason, self.name, self.problem = reason, name, problem
+        self.detail = f"{name}: {problem}"
+        super().__init__(f"{reason}: {self.detail}")
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # raised in a pool worker, it must unpickle whole
-        return ImageRejected, (self.reason, self.detail)
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # raised in a pool worker, it must unpickle whole
+        return ImageRejected, (self.reason, self.name, self.problem)
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -48,24 +50,27 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 def decode_rgb(data: bytes, max_pixels: int, name: str = "<bytes>") -> np.ndarray:
     """Decode image bytes to an HxWx3 uint8 RGB array, upright according to EXIF."""
     if not data:
-        raise ImageRejected("empty", f"{name}: zero-byte file")
+        raise ImageRejected("empty", name, "zero-byte file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             width, height = im.size
             if width * height > max_pixels:
-                raise ImageRejected("too_large", f"{name}: {width}x{height} exceeds {max_pixels} pixels")
+                raise ImageRejected("too_large", name, f"{width}x{height} exceeds {max_pixels} pixels")
             im.load()
             im = ImageOps.exif_transpose(im)
             return np.ascontiguousarray(_to_rgb(im))
     except ImageRejected:
         raise
     except UnidentifiedImageError:
-        raise ImageRejected("not_image", f"{name}: not a recognised image format") from None
+        raise ImageRejected("not_image", name, "not a recognised image format") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageRejected("corrupt", f"{name}: {exc}") from None
+        raise ImageRejected("corrupt", name, str(exc)) from None
 
 
-def read_rgb(path: Path, max_pixels: int) -> np.ndarray:
-    return decode_rgb(Path(path).read_bytes(), max_pixels, str(path))
+def read_rgb(path: Path, max_pixels: int, name: str | None = None) -> np.ndarray:
+    """``decode_rgb`` of a file; rejections name it ``name`` (default: ``path``). Stages pass the path relative to
+    their input folder, so that a rejection row is the same wherever the project is checked out (and whichever
+    node read the file)."""
+    return decode_rgb(Path(path).read_bytes(), max_pixels, name or str(path))

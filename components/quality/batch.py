@@ -17,7 +17,7 @@ class QualityWorker:
 
     def _one(self, item: dict[str, Any]) -> dict[str, Any]:
         try:
-            rgb = read_rgb(self.root / item["aligned_path"], max_pixels=1 << 20)
+            rgb = read_rgb(self.root / item["aligned_path"], 1 << 20, item["aligned_path"])
         except ImageRejected as exc:
             return {"measure_error": f"{exc.reason}: {exc.detail}"}
         return measure(rgb, np.asarray(item["aligned_landmarks"])).as_dict() | {"measure_error": ""}

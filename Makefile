@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(UV) run --frozen python -m bench.data_stages
 	$(UV) run --frozen python -m bench.data_scale   # 1k / 10k / 100k photos up to pack, DVC at scale (~2 h)
+	$(UV) run --frozen python -m bench.ray_data_scale   # 10k photos on Ray Data (two loopback nodes) vs the process pool
 	$(UV) run --frozen python -m bench.train_head
 	$(UV) run --frozen python -m bench.train_e2e
 	$(UV) run --frozen python -m bench.eval_ijbc

@@ -56,9 +56,9 @@ def _corpus(photos: int) -> Path:
     return root / "raw"
 
 
-def _project(photos: int) -> Path:
+def _project(photos: int, name: str = "project") -> Path:
     """A fresh DVC project with the repository's pipeline and a hard-linked copy of the corpus as data/raw."""
-    root = WORK / f"project_{photos}"
+    root = WORK / f"{name}_{photos}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml"):

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -52,7 +54,14 @@ def _train(project: Path, env: dict[str, str], storage: Path) -> tuple[float, st
     return time.monotonic() - started, done.stdout + done.stderr
 
 
-def _cluster(cpus: list[int], env: dict[str, str], logs: Path) -> tuple[str, list]:
+@contextmanager
+def loopback_cluster(cpus: list[int], env: dict[str, str], logs: Path) -> Iterator[tuple[str, list]]:
+    """A Ray cluster of one raylet per entry of ``cpus`` (its CPU count) on 127.0.0.1: (address, nodes).
+
+    The nodes are stopped by their process ids, not ``ray stop``; Ray's address file, which ``ray start --head``
+    rewrites, is restored (or later local runs' actors would look for this dead cluster)."""
+    address_file = Path(get_ray_address_file(None))
+    previous = address_file.read_bytes() if address_file.exists() else None
     port = free_port()
     address = f"127.0.0.1:{port}"
     nodes = [ray_node("head", ["--head", f"--port={port}", "--include-dashboard=false"], env, logs,
@@ -60,7 +69,17 @@ def _cluster(cpus: list[int], env: dict[str, str], logs: Path) -> tuple[str, lis
     for i, n in enumerate(cpus[1:], start=2):
         nodes.append(ray_node(f"node-{i}", [f"--address={address}"], env, logs,
                               lambda k=i: alive_ray_nodes(address, env) >= k, n))
-    return address, nodes
+    try:
+        for node in nodes:
+            node.start()
+        yield address, nodes
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        if previous is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_bytes(previous)
 
 
 def _lose_a_node(project: Path, env: dict[str, str], address: str, nodes: list, clean_seconds: float) -> dict:
@@ -85,18 +104,6 @@ def _lose_a_node(project: Path, env: dict[str, str], address: str, nodes: list, 
 
 
 def main() -> None:
-    address_file = Path(get_ray_address_file(None))  # `ray start --head` writes it; restored, as `ray stop` would
-    previous = address_file.read_bytes() if address_file.exists() else None
-    try:
-        _measure()
-    finally:
-        if previous is None:
-            address_file.unlink(missing_ok=True)
-        else:
-            address_file.write_bytes(previous)
-
-
-def _measure() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
         shutil.copytree(Path("data/packed"), project / "data" / "packed")
@@ -107,17 +114,11 @@ def _measure() -> None:
         backbone = yaml.safe_load(Path("params.yaml").read_text())["train"]["backbone"]
         report: dict = {"steps": STEPS, "workers": 2, "batch_per_worker": 16, "backbone": backbone}
         for label, cpus in (("one_node", [2]), ("two_nodes", [1, 1])):
-            address, nodes = _cluster(cpus, env, project / label)
-            try:
-                for node in nodes:
-                    node.start()
+            with loopback_cluster(cpus, env, project / label) as (address, nodes):
                 seconds, output = _train(project, env | {"RAY_ADDRESS": address}, project / label / "ray")
                 report[label] = {"seconds": round(seconds, 1), "samples_per_s": round(_rate(output), 2)}
                 if label == "two_nodes":  # again, losing node 2 after the first checkpoint; node 3 joins
                     report["lost_node"] = _lose_a_node(project, env, address, nodes, seconds)
-            finally:
-                for node in reversed(nodes):
-                    node.stop()
         report["two_nodes_vs_one"] = round(report["two_nodes"]["samples_per_s"] / report["one_node"]["samples_per_s"],
                                            3)
     OUT.parent.mkdir(parents=True, exist_ok=True)

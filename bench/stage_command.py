@@ -25,15 +25,17 @@ def run_stage(stage: str, sets: list[str]) -> tuple[dict[str, Any], float]:
     return json.loads(Path(f"reports/{stage}.json").read_text()), seconds
 
 
-def measure_command(args: list[str], cwd: Path | None = None, itself: bool = False) -> dict[str, float]:
+def measure_command(args: list[str], cwd: Path | None = None, itself: bool = False,
+                    env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``args`` to the end: wall seconds, and the memory of the processes it starts under it (a stage and
     its pool workers, not DVC's own process; with ``itself``, the command's own process too), sampled every
-    0.1 s: ``peak_rss_mb`` of the largest one and ``peak_total_rss_mb`` of all of them at once."""
+    0.1 s: ``peak_rss_mb`` of the largest one and ``peak_total_rss_mb`` of all of them at once. ``env``: the
+    command's environment (default: this process's)."""
     import psutil
 
     errors = tempfile.TemporaryFile()  # not a pipe: a command that writes much would block on a full one
     start = time.perf_counter()
-    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors, env=env)
     parent = psutil.Process(process.pid)
     largest = total = 0
     while process.poll() is None:

@@ -56,9 +56,9 @@ def _corpus(photos: int) -> Path:
     return root / "raw"
 
 
-def _project(photos: int, name: str = "project") -> Path:
+def _project(photos: int, label: str = "project") -> Path:
     """A fresh DVC project with the repository's pipeline and a hard-linked copy of the corpus as data/raw."""
-    root = WORK / f"{name}_{photos}"
+    root = WORK / f"{label}_{photos}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml"):
@@ -72,10 +72,10 @@ def _project(photos: int, name: str = "project") -> Path:
     return root
 
 
-def _stages(root: Path, photos: int) -> dict[str, Any]:
+def _stages(root: Path, photos: int, env: dict[str, str] | None = None) -> dict[str, Any]:
     rows = {}
     for stage in STAGES:
-        row = measure_command([*DVC, "repro", "-s", "-q", stage], root)
+        row = measure_command([*DVC, "repro", "-s", "-q", stage], root, env=env)
         row["seconds_per_1000_photos"] = round(row["seconds"] * 1000 / photos, 3)
         row["output_mb"] = {str(p): _size_mb(root / p) for p in _outputs(root, stage)}
         rows[stage] = row

@@ -19,7 +19,7 @@ setup: .venv/.synced
 	@touch $@
 
 demo: setup
-	@test -d data/raw -a -d data/eval_sets || $(UV) run --frozen faceforge sample
+	test -d data/raw -a -d data/eval_sets || $(UV) run --frozen faceforge sample
 	$(UV) run --frozen dvc add --quiet data/raw data/eval_sets   # photos are data: versioned like every output
 	$(UV) run --frozen dvc repro
 	$(UV) run --frozen faceforge remote                          # the configured remote, else a folder on this machine
@@ -29,6 +29,7 @@ test: setup
 	$(UV) run --frozen pytest
 
 bench: setup
+	$(UV) run --frozen python -m bench.demo   # make demo in a fresh clone of HEAD, part by part (goal <= 10 min)
 	$(UV) run --frozen python -m bench.data_stages
 	$(UV) run --frozen python -m bench.data_scale   # 1k / 10k / 100k photos up to pack, DVC at scale (~2 h)
 	$(UV) run --frozen python -m bench.ray_data_scale   # 10k photos on Ray Data (two loopback nodes) vs the process pool

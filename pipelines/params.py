@@ -148,6 +148,10 @@ class TrainParams(_Section):
     backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="the backbone's lr relative to lr (the head's): "
                                      "below 1 a pretrained backbone moves less than its new centres")
     freeze_backbone_steps: int = Field(0, ge=0, description="first steps update the head only")
+    freeze_batchnorm: bool = Field(False, description="BatchNorm normalises with the start model's running "
+                                   "statistics and keeps them (a pretrained start's, estimated on millions of "
+                                   "faces); its scale and shift still learn. Only with a start (init_from or a "
+                                   "warm start): random weights have no statistics to keep")
     teacher: Path | None = Field(None, description="an .onnx embedder in the served contract (the import_model "
                                  "stage's) whose embeddings the student also learns to match")
     distill_weight: float = Field(1.0, ge=0, description="weight of the distillation term (1 - cosine to the teacher)")

@@ -124,7 +124,8 @@ def run(params: Params) -> dict[str, Any]:
                                                                                 random_flip=False)))
         cfg = TrainConfig(**(fields | {"data_dir": str(params.pack.out_dir), "out_dir": str(tmp), "epochs": epochs,
                                        "init_from": init_from, "teacher_targets": str(targets) if targets else None,
-                                       "warm_centres": str(tmp / WARM_CENTRES) if warm else None}))
+                                       "warm_centres": str(tmp / WARM_CENTRES) if warm else None,
+                                       "freeze_batchnorm": p.freeze_batchnorm and start is not None}))
         result = run_on_ray(cfg, p.storage_path, name, resume_from=p.resume_from)
         for cache in (targets, tmp / WARM_CENTRES):  # inputs of this run, not part of the model
             if cache is not None:
@@ -158,6 +159,6 @@ def run(params: Params) -> dict[str, Any]:
                   workers=p.num_workers, sample_rate=p.sample_rate, backbone=p.backbone, run=name,
                   resumed_from_step=result.resumed_from_step, start=start_record,
                   teacher=model_record(params, p.teacher, "teacher"),
-                  bn_recalibration_samples=bn_samples)
+                  freeze_batchnorm=cfg.freeze_batchnorm, bn_recalibration_samples=bn_samples)
     write_report(STAGE, report)
     return report

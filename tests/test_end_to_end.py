@@ -55,8 +55,8 @@ SMALL: dict[str, Any] = {
              "eval_templates_per_identity": 6, "eval_bin_pairs": 40, "second_face_fraction": 0.0},
     "quality_filter": {"min_identities": 2},
     # from scratch: this test checks the team loop; starting from a pretrained model: tests/test_start.py
-    "train": {"backbone": "mbf", "init_from": None, "degrade_fraction": 0.0, "epochs": 1, "max_steps": 6,
-              "batch_size": 16, "warmup_steps": 0, "num_workers": 1,
+    "train": {"backbone": "mbf", "init_from": None, "teacher": None, "degrade_fraction": 0.0, "epochs": 1,
+              "max_steps": 6, "batch_size": 16, "warmup_steps": 0, "num_workers": 1,
               "checkpoint_every": 100, "log_every": 1, "bn_recalibration_samples": 48,
               "lr": 1.0e-6, "embedding_size": 8},  # version 1: barely trained and 8-d, so that version 2 ...
     "eval": {"fars": [1.0e-3, 1.0e-2, 1.0e-1], "batch_size": 32},

@@ -22,7 +22,8 @@ from tests.servers import server_env
 from tests.training_data import write_tiny_faces
 
 REPO = Path(__file__).parents[1]
-TRAIN = ["--set", "train.backbone=mbf", "--set", "train.init_from=null", "--set", "train.degrade_fraction=0",
+TRAIN = ["--set", "train.backbone=mbf", "--set", "train.init_from=null", "--set", "train.teacher=null",
+         "--set", "train.degrade_fraction=0",
          "--set", "train.num_workers=2", "--set", "train.max_steps=12", "--set", "train.batch_size=4",
          "--set", "train.embedding_size=32", "--set", "train.log_every=4", "--set", "train.loader_workers=1",
          "--set", "train.bn_recalibration_samples=8"]

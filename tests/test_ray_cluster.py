@@ -28,7 +28,8 @@ from tests.training_data import write_tiny_faces
 REPO = Path(__file__).parents[1]
 STORAGE = "s3://models/ray"
 # from scratch: these tests are about the cluster, not the start (tests/test_start.py)
-SCRATCH = ["--set", "train.backbone=mbf", "--set", "train.init_from=null", "--set", "train.degrade_fraction=0"]
+SCRATCH = ["--set", "train.backbone=mbf", "--set", "train.init_from=null", "--set", "train.teacher=null",
+           "--set", "train.degrade_fraction=0"]
 TRAIN = [*SCRATCH, "--set", "train.num_workers=2", "--set", "train.max_steps=10", "--set", "train.batch_size=4",
          "--set", "train.embedding_size=32", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
          "--set", "train.sample_rate=0.5", "--set", "train.bn_recalibration_samples=8", "--set", "train.max_failures=3",

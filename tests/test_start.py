@@ -93,6 +93,27 @@ def test_centres_start_at_the_normalised_class_means_and_a_frozen_backbone_stays
     assert json.dumps(result["history"])  # plain values, as reported
 
 
+def test_frozen_batchnorm_keeps_the_starts_statistics_while_the_backbone_learns(
+        tmp_path: Path, data: Path, sface: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = TrainConfig(data_dir=str(data), out_dir=str(tmp_path), backbone="onnx", embedding_size=128,
+                      init_from=str(sface), batch_size=8, max_steps=2, lr=0.05, freeze_batchnorm=True,
+                      degrade_fraction=0.5, loader_workers=0, num_workers=1, sample_rate=1.0, checkpoint_every=2)
+    session = watching_session(monkeypatch, tmp_path / "ckpt")
+    loop.train_worker(cfg, session)
+    buffers = dict(session.backbone.named_buffers())
+    statistics = [name for name in buffers if name.endswith(("running_mean", "running_var"))]
+    assert len(statistics) == 2 * 29  # SFace's 29 BatchNorms
+    assert all(torch.equal(buffers[name], session.start_state[name]) for name in statistics)
+    moved = [name for name, p in session.backbone.named_parameters() if not torch.equal(p, session.start_state[name])]
+    assert any(name.endswith("weight") for name in moved) and len(moved) > 29  # convolutions and BN scale/shift
+
+    unfrozen = TrainConfig(**{**cfg.__dict__, "freeze_batchnorm": False, "out_dir": str(tmp_path / "b")})
+    session = watching_session(monkeypatch, tmp_path / "ckpt-b")
+    loop.train_worker(unfrozen, session)
+    buffers = dict(session.backbone.named_buffers())
+    assert not any(torch.equal(buffers[name], session.start_state[name]) for name in statistics)
+
+
 def test_distillation_caches_the_teacher_once_and_the_student_moves_towards_it(
         tmp_path: Path, data: Path, sface: Path) -> None:
     from components.training.checkpoint import TRAINER

@@ -119,7 +119,8 @@ def test_warm_start_from_the_champion_is_pinned_copied_from_dvc_and_trained_with
     (project / "data").mkdir(parents=True)
     text = (REPO / "params.yaml").read_text()  # edited as a person would: comments stay
     for old, new in (("backbone: onnx ", "backbone: mbf "), ("embedding_size: 128 ", "embedding_size: 32 "),
-                     ("init_from: data/import/model.onnx ", "init_from: null ")):
+                     ("init_from: data/import/model.onnx ", "init_from: null "),
+                     ("teacher: data/import/model.onnx ", "teacher: null ")):
         assert old in text
         text = text.replace(old, new)
     (project / "params.yaml").write_text(text)

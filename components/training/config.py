@@ -18,6 +18,7 @@ class TrainConfig:
     teacher_targets: str | None = None  # [N, 2, D] .npy of a teacher's embeddings (components/training/distill.py)
     distill_weight: float = 1.0  # weight of the distillation term, 1 - cosine to the teacher
     freeze_backbone_steps: int = 0  # first steps train the head only (a pretrained start's centres settle)
+    freeze_batchnorm: bool = False  # BatchNorm keeps the start's running statistics (components/training/batchnorm)
     embedding_size: int = 512
     margin: Literal["combined", "curricular"] = "combined"
     s: float = 64.0

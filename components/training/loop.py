@@ -24,6 +24,7 @@ from components.models.loading import load_start
 from components.recordio.dataset import FaceRecordDataset
 from components.recordio.format import unpack_header
 from components.recordio.insightface import read_property
+from components.training.batchnorm import freeze_batchnorm
 from components.training.centres import class_mean_centres
 from components.training.checkpoint import load_checkpoint, save_checkpoint
 from components.training.config import TrainConfig
@@ -171,6 +172,8 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
             if known is not None and known.any():
                 head.weight[known] = carried["centres"][rows][known].to(head.weight.dtype)
     backbone = session.wrap_model(backbone)
+    if cfg.freeze_batchnorm:
+        freeze_batchnorm(backbone)
     head.to(session.device)
     optimizer = build_optimizer(backbone, head, cfg, list(distill.parameters()) if distill else None)
     scheduler = build_scheduler(optimizer, cfg, total_steps)

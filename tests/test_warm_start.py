@@ -186,3 +186,46 @@ def test_warm_start_from_the_champion_is_pinned_copied_from_dvc_and_trained_with
     assert unpinned.returncode == 0, unpinned.stderr
     assert load_params(project / "params.yaml").warm_start.version is None
     assert np.isfinite(report["final_loss"])
+
+
+def test_a_version_trained_in_another_clone_is_fetched_from_the_dvc_remote_at_its_run_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduled retrain on a machine that did not train the champion: its train output comes from the DVC
+    remote at the version's run commit (flows/warm_start.ensure_cached), not from the registry."""
+    from flows.warm_start import Start, ensure_cached
+    from pipelines.warm_start import cached_directory
+
+    trainer = tmp_path / "trainer"
+    trainer.mkdir()
+
+    def run(cwd: Path, *args: str) -> None:
+        subprocess.run(args, cwd=cwd, check=True, capture_output=True)
+
+    run(trainer, "git", "init", "-q")
+    run(trainer, "git", "config", "user.email", "ci@example.com")
+    run(trainer, "git", "config", "user.name", "ci")
+    run(trainer, sys.executable, "-m", "dvc", "init", "-q")
+    run(trainer, sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    write = ("import pathlib; p = pathlib.Path('data/train'); p.mkdir(parents=True); "
+             "(p / 'backbone.pth').write_bytes(b'weights'); (p / 'model.json').write_text('{}')")
+    (trainer / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"train": {"cmd": f'"{sys.executable}" -c "{write}"', "outs": ["data/train"]}}}))
+    run(trainer, sys.executable, "-m", "dvc", "repro", "-q")
+    run(trainer, sys.executable, "-m", "dvc", "push", "-q")
+    run(trainer, "git", "add", "-A")
+    run(trainer, "git", "commit", "-q", "-m", "version 1's run")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=trainer, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    md5 = yaml.safe_load((trainer / "dvc.lock").read_text())["stages"]["train"]["outs"][0]["md5"]
+
+    team = tmp_path / "team"  # a clone: the remote's address, none of the trainer's cache
+    run(tmp_path, "git", "clone", "-q", str(trainer), str(team))
+    monkeypatch.chdir(team)
+    assert cached_directory(md5)[1] is None
+    with pytest.raises(FileNotFoundError, match=f"train output \\({md5}\\) is not in DVC's cache and the version "
+                                                "names no run commit"):
+        ensure_cached(Start(1, md5, "champion"))
+    ensure_cached(Start(1, md5, "champion", commit=commit))
+    _, entries, missing = cached_directory(md5)
+    assert entries is not None and sorted(e["relpath"] for e in entries) == ["backbone.pth", "model.json"]
+    assert missing == []

@@ -31,8 +31,7 @@ from components.recordio.insightface import write_face_dataset
 OUT = Path("reports/bench/warm_retrain.json")
 WORK = Path("reports/bench/warm_retrain")
 SCRATCH = ["train.backbone=mbf", "train.init_from=null", "train.teacher=null", "train.embedding_size=512",
-           "train.degrade_fraction=0",
-           "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048"]
+           "train.degrade_fraction=0", "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048"]
 FULL_EPOCHS = 10
 KNOWN = 28  # identities version 1 was trained on
 WARM_EPOCHS = (1, 2, 3)

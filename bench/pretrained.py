@@ -27,16 +27,16 @@ from bench.stage_command import run_stage
 
 OUT = Path("reports/bench/pretrained.json")
 WORK = Path("reports/bench/pretrained")
-SCRATCH = ["train.backbone=mbf", "train.init_from=null", "train.teacher=null", "train.embedding_size=512",
-           "train.degrade_fraction=0", "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048"]
+SCRATCH = ["train.backbone=mbf", "train.init_from=null", "train.degrade_fraction=0", "train.backbone_lr_scale=1",
+           "train.teacher=null", "train.embedding_size=512"]
 VARIANTS: dict[str, list[str] | None] = {
     "scratch_mbf": SCRATCH,
     "sface_imported": None,
     "sface_finetuned": [],
-    "sface_finetuned_batchnorm_trained": ["train.freeze_batchnorm=false"],
+    "sface_finetuned_batchnorm_trained": ["train.freeze_batchnorm=false", "train.bn_recalibration_samples=0"],
     "sface_finetuned_margin_only": ["train.teacher=null", "train.degrade_fraction=0.5"],
-    "mbf_distilled": [*SCRATCH[:-2], "train.embedding_size=128", "train.teacher=data/import/model.onnx",
-                      "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048", "train.epochs=6"],
+    "mbf_distilled": [*SCRATCH[:-2], "train.teacher=data/import/model.onnx", "train.embedding_size=128",
+                      "train.epochs=6"],
 }
 
 

@@ -4,10 +4,10 @@ The story a team lives: version 1 was trained on the people known then (the samp
 new people arrive (all 32). A full retrain trains on the 32 from random weights; a warm retrain continues from
 version 1's train output (backbone, and the 28 known centres carried over by name; the 4 new ones start at their
 class mean) for ``warm_start.epochs`` epochs. Each is what a user runs, whole commands timed: ``faceforge train``
-(process start, Ray, BatchNorm re-estimation, writing), then ``faceforge export`` and ``faceforge eval`` of the
-exported file on the held-out people. Model: mbf 512-d (the from-scratch recipe of ``bench.pretrained``), so
-"from scratch" means what it says. The warm start folder is written as the warm_start stage writes it (the
-registry and DVC copy are tested in tests/test_warm_start.py and take seconds).
+(process start, Ray, precise BN after a run from scratch, writing), then ``faceforge export`` and
+``faceforge eval`` of the exported file on the held-out people. Model: mbf 512-d (the from-scratch recipe of
+``bench.pretrained``), so "from scratch" means what it says. The warm start folder is written as the warm_start
+stage writes it (the registry and DVC copy are tested in tests/test_warm_start.py and take seconds).
 
 Result: the fewest warm steps whose clean TAR@FAR=1e-3 (and ORL hold-out accuracy, reported) reaches the
 from-scratch run's, as a fraction of the from-scratch steps and train wall time (goal <= 30%).
@@ -31,7 +31,7 @@ from components.recordio.insightface import write_face_dataset
 OUT = Path("reports/bench/warm_retrain.json")
 WORK = Path("reports/bench/warm_retrain")
 SCRATCH = ["train.backbone=mbf", "train.init_from=null", "train.teacher=null", "train.embedding_size=512",
-           "train.degrade_fraction=0", "train.backbone_lr_scale=1", "train.bn_recalibration_samples=2048"]
+           "train.degrade_fraction=0", "train.backbone_lr_scale=1"]
 FULL_EPOCHS = 10
 KNOWN = 28  # identities version 1 was trained on
 WARM_EPOCHS = (1, 2, 3)

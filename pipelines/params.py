@@ -150,8 +150,9 @@ class TrainParams(_Section):
     freeze_backbone_steps: int = Field(0, ge=0, description="first steps update the head only")
     freeze_batchnorm: bool = Field(False, description="BatchNorm normalises with the start model's running "
                                    "statistics and keeps them (a pretrained start's, estimated on millions of "
-                                   "faces); its scale and shift still learn. Only with a start (init_from or a "
-                                   "warm start): random weights have no statistics to keep")
+                                   "faces) during and after training (bn_recalibration_samples then does "
+                                   "not apply); its scale and shift still learn. Only with a start (init_from "
+                                   "or a warm start): random weights have no statistics to keep")
     teacher: Path | None = Field(None, description="an .onnx embedder in the served contract (the import_model "
                                  "stage's) whose embeddings the student also learns to match")
     distill_weight: float = Field(1.0, ge=0, description="weight of the distillation term (1 - cosine to the teacher)")
@@ -194,7 +195,8 @@ class TrainParams(_Section):
                               "cluster must see it) or s3://bucket/prefix (AWS_ENDPOINT_URL for MinIO)")
     keep_run_storage: bool = Field(False, json_schema_extra=RUNTIME,
                                    description="keep a finished run's checkpoints under storage_path")
-    bn_recalibration_samples: int = Field(2048, ge=0, description="re-estimate BatchNorm stats on this many faces")
+    bn_recalibration_samples: int = Field(2048, ge=0, description="re-estimate BatchNorm stats on this many faces "
+                                          "after training, unless freeze_batchnorm keeps them")
     out_dir: Path = Path("data/train")
 
     @model_validator(mode="after")

@@ -133,8 +133,10 @@ def run(params: Params) -> dict[str, Any]:
         checkpoint = local_copy(result.checkpoint, tmp / "checkpoint")  # resume point (re-shardable)
         trainer = torch.load(checkpoint / TRAINER, map_location="cpu", weights_only=False)
         backbone.load_state_dict(trainer["backbone"])
-        bn_samples = recalibrate_batchnorm(backbone, FaceRecordDataset(params.pack.out_dir, seed=p.seed),
-                                           p.bn_recalibration_samples, p.batch_size, p.seed)
+        # frozen statistics are the ones the weights were trained under: re-estimating them would undo that
+        bn_samples = 0 if cfg.freeze_batchnorm else recalibrate_batchnorm(
+            backbone, FaceRecordDataset(params.pack.out_dir, seed=p.seed), p.bn_recalibration_samples,
+            p.batch_size, p.seed)
         torch.save(backbone.state_dict(), tmp / "backbone.pth")
         start_record = model_record(params, start) | (carried or {}) if start else None
         if (Path(params.pack.out_dir) / IDENTITIES).is_file():  # the names the centres belong to

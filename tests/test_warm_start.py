@@ -156,7 +156,7 @@ def test_warm_start_from_the_champion_is_pinned_copied_from_dvc_and_trained_with
 
     trained = subprocess.run([faceforge, "train", "--set", "train.num_workers=2",
                               "--set", "train.batch_size=4", "--set", "train.degrade_fraction=0",
-                              "--set", "train.bn_recalibration_samples=0", "--set", "train.loader_workers=0",
+                              "--set", "train.loader_workers=0",
                               "--set", "train.sample_rate=1.0", "--set", "warm_start.epochs=1",
                               "--set", f"train.storage_path={tmp_path / 'ray'}"],
                              cwd=project, env=env, capture_output=True, text=True, timeout=600)
@@ -168,6 +168,11 @@ def test_warm_start_from_the_champion_is_pinned_copied_from_dvc_and_trained_with
     assert describe_origin(start) == (f"faceforge-embedder version 1, warm (train output {md5}: 5 identities' "
                                       "centres carried, 1 new, 1 dropped)")  # faceforge lineage, the model card
     assert report["steps"] == 36 // (4 * 2)  # one epoch of the new data: warm_start.epochs
+    # params.yaml's freeze_batchnorm keeps version 1's BatchNorm statistics, and its precise BN does not replace them
+    assert (report["freeze_batchnorm"], report["bn_recalibration_samples"]) == (True, 0)
+    before, after = (torch.load(d / "backbone.pth", weights_only=True) for d in (champion, project / "data" / "train"))
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(before[k], after[k]) for k in statistics)
     assert (project / "data" / "train" / "identities.csv").read_text() == (packed / "identities.csv").read_text()
 
     # the registered version names its parent; the next plan knows when a full retrain is due

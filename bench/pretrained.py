@@ -35,8 +35,8 @@ VARIANTS: dict[str, list[str] | None] = {
     "sface_finetuned": [],
     "sface_finetuned_batchnorm_trained": ["train.freeze_batchnorm=false", "train.bn_recalibration_samples=0"],
     "sface_finetuned_margin_only": ["train.teacher=null", "train.degrade_fraction=0.5"],
-    "mbf_distilled": [*SCRATCH[:-2], "train.teacher=data/import/model.onnx", "train.embedding_size=128",
-                      "train.epochs=6"],
+    "mbf_distilled": [*SCRATCH, "train.teacher=data/import/model.onnx", "train.embedding_size=128",
+                      "train.epochs=6"],  # a later --set wins
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.pretrained import SCRATCH
 from bench.stage_command import run_stage
 from components.recordio.dataset import FaceRecordDataset
 from components.recordio.format import unpack_header
@@ -30,8 +31,6 @@ from components.recordio.insightface import write_face_dataset
 
 OUT = Path("reports/bench/warm_retrain.json")
 WORK = Path("reports/bench/warm_retrain")
-SCRATCH = ["train.backbone=mbf", "train.init_from=null", "train.teacher=null", "train.embedding_size=512",
-           "train.degrade_fraction=0", "train.backbone_lr_scale=1"]
 FULL_EPOCHS = 10
 KNOWN = 28  # identities version 1 was trained on
 WARM_EPOCHS = (1, 2, 3)

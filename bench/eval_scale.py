@@ -43,17 +43,19 @@ BARE_IMAGES = 10_000
 BATCH = 64
 
 
-def _eval_set(images: int) -> tuple[Path, dict[str, int]]:
+def _eval_set(images: int) -> tuple[Path, dict[str, int], bool]:
+    """The set's folder, its counts, and whether an earlier run had generated it."""
     root = WORK / f"ijbc_{images}"
     done = root / "counts.json"
-    if not done.is_file():
+    reused = done.is_file()
+    if not reused:
         subjects = tuple(range(1, IDENTITIES + 1))
         templates = max(1, images // (IDENTITIES * IMAGES_PER_TEMPLATE))
         config = EvalSetConfig(subjects=subjects, templates_per_subject=templates, max_pairs_per_template=20)
         with atomic_dir(root) as tmp:
             counts = write_ijbc_mini(tmp / "set", detect_sources(subjects), config)
             (tmp / "counts.json").write_text(json.dumps(counts))
-    return root / "set", json.loads(done.read_text())
+    return root / "set", json.loads(done.read_text()), reused
 
 
 def _bare(root: Path) -> dict[str, float]:
@@ -82,8 +84,9 @@ def _model() -> None:
 
 def measure(images: int) -> dict[str, Any]:
     start = time.perf_counter()
-    root, counts = _eval_set(images)
-    row: dict[str, Any] = {**counts, "generate_s": round(time.perf_counter() - start, 1)}
+    root, counts, reused = _eval_set(images)
+    row: dict[str, Any] = {**counts, **({"set_reused": True} if reused else
+                                        {"generate_s": round(time.perf_counter() - start, 1)})}
     out = WORK / f"out_{images}"
     command = measure_command([FACEFORGE, "eval", "ijbc", "--root", str(root), "--out", str(out), "--model",
                                str(MODEL)], itself=True)

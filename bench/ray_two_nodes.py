@@ -6,7 +6,8 @@ one-node cluster (one raylet with 2 CPUs) both on it. Both clusters share this m
 comparison measures what going multi-node costs (process placement, collectives between raylets), not more
 hardware. Then the two-node run again with the second node killed right after the first checkpoint and a
 third node joining: the extra wall time over the uninterrupted run is what the lost node cost. Whole CLI
-processes are timed, as a user runs them. Writes ``reports/bench/ray_two_nodes.json``. Run after ``make demo``.
+processes are timed, as a user runs them, with params.yaml's recipe (its start and teacher are copied along).
+Writes ``reports/bench/ray_two_nodes.json``. Run after ``make demo``.
 """
 
 from __future__ import annotations
@@ -106,13 +107,17 @@ def _lose_a_node(project: Path, env: dict[str, str], address: str, nodes: list, 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
-        shutil.copytree(Path("data/packed"), project / "data" / "packed")
+        train = yaml.safe_load(Path("params.yaml").read_text())["train"]
+        for needed in {"data/packed", train["init_from"], train["teacher"]} - {None}:  # what params.yaml trains from
+            copy = shutil.copytree if Path(needed).is_dir() else shutil.copy
+            (project / needed).parent.mkdir(parents=True, exist_ok=True)
+            copy(Path(needed), project / needed)
         shutil.copy("params.yaml", project / "params.yaml")
         (project / "reports").mkdir()
         env = server_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         env.pop("RAY_ADDRESS", None)
-        backbone = yaml.safe_load(Path("params.yaml").read_text())["train"]["backbone"]
-        report: dict = {"steps": STEPS, "workers": 2, "batch_per_worker": 16, "backbone": backbone}
+        report: dict = {"steps": STEPS, "workers": 2, "batch_per_worker": 16, "backbone": train["backbone"],
+                        "init_from": train["init_from"], "teacher": train["teacher"]}
         for label, cpus in (("one_node", [2]), ("two_nodes", [1, 1])):
             with loopback_cluster(cpus, env, project / label) as (address, nodes):
                 seconds, output = _train(project, env | {"RAY_ADDRESS": address}, project / label / "ray")

@@ -3,7 +3,8 @@
 Without ``RAY_ADDRESS``, always a fresh local instance (never a cluster that a dead ``ray start`` left in
 Ray's address file: joining that retried for minutes). With it, a cluster that does not answer fails within
 seconds, naming the address. On a multi-node cluster, a folder the workers read or write must be visible on
-every node (NFS and the like), or the work is refused before it starts, naming the nodes that cannot see it.
+every node (NFS and the like), as must a file they read (a start model), or the work is refused before it
+starts, naming the nodes that cannot see it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class ClusterUnreachable(ConnectionError):
     """``RAY_ADDRESS`` names a cluster that does not answer."""
 
 
-class FolderNotShared(ValueError):
-    """A folder the work needs is not visible on some node of the cluster."""
+class PathNotShared(ValueError):
+    """A folder or file the work needs is not visible on some node of the cluster."""
 
 
 def connect(address: str | None = None) -> None:
@@ -68,34 +69,44 @@ def connect(address: str | None = None) -> None:
              logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
 
 
-def check_shared(folders: Sequence[str | Path], setting: str) -> None:
-    """A marker written in each folder here must be visible from a task on every other node; else refuse,
-    naming ``setting`` (the params key to change) and the nodes that cannot see it. S3 URLs are shared."""
+def check_shared(paths: Sequence[str | Path], setting: str) -> None:
+    """Every folder and file here must be visible from a task on every other node; else refuse, naming
+    ``setting`` (the params key to change) and the nodes that cannot see it. S3 URLs are shared.
+
+    A folder is probed with a marker written into it (so an empty one on each node's own disk does not pass);
+    a file (a start model, the teacher's targets) by its size, which a node must see the same: the workers read
+    these by path, and a node without them fails only minutes later, inside a worker."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-    local = [Path(f).resolve() for f in folders if not str(f).startswith("s3://")]
+    local = [Path(f).resolve() for f in paths if not str(f).startswith("s3://")]
     if len(nodes) < 2 or not local:
         return
 
     @ray.remote(num_cpus=0)
-    def sees(paths: list[str]) -> list[bool]:
-        return [os.path.exists(p) for p in paths]
+    def sizes(probes: list[str]) -> list[int]:
+        return [os.path.getsize(p) if os.path.isfile(p) else -1 for p in probes]
 
-    markers = []
-    for folder in local:
-        folder.mkdir(parents=True, exist_ok=True)
-        markers.append(folder / f".faceforge-shared-{uuid.uuid4().hex}")
-        markers[-1].write_text("")
+    probes = []  # what each node must see: each file itself, a marker written into each folder
+    for path in local:
+        if path.is_file():
+            probes.append(path)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            probes.append(path / f".faceforge-shared-{uuid.uuid4().hex}")
+            probes[-1].write_text("")
+    expected = [p.stat().st_size for p in probes]
     try:
-        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                        .remote([str(m) for m in markers]) for n in nodes])
+        seen = ray.get([sizes.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote([str(p) for p in probes]) for n in nodes])
     finally:
-        for marker in markers:
-            marker.unlink(missing_ok=True)
-    for i, folder in enumerate(local):
-        blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen, strict=True) if not ok[i]]
+        for path, probe in zip(local, probes, strict=True):
+            if probe != path:  # a marker
+                probe.unlink(missing_ok=True)
+    for i, path in enumerate(local):
+        blind = [n["NodeManagerAddress"] for n, got in zip(nodes, seen, strict=True) if got[i] != expected[i]]
         if blind:
-            raise FolderNotShared(f"{setting} {folder} is a folder that nodes {blind} of the {len(nodes)}-node "
-                                  "cluster cannot see: put it on a shared mount (or S3 where s3:// is accepted)")
+            kind = "file" if probes[i] == path else "folder"
+            raise PathNotShared(f"{setting} {path} is a {kind} that nodes {blind} of the {len(nodes)}-node "
+                                "cluster cannot see: put it on a shared mount (or S3 where s3:// is accepted)")

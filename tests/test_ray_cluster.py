@@ -3,10 +3,13 @@
 shared by every node and the driver). Mid-run the second node is killed and a new node joins (Ray Train's
 FailureConfig restarts the workers from the S3 checkpoint); then the driver itself is killed (`kill -9` of its
 process group, as a reboot or an OOM would) and `faceforge train` run again resumes the same run from its last
-checkpoint by itself. The weights equal those of an uninterrupted run (CPU, same seed)."""
+checkpoint by itself. The weights equal those of an uninterrupted run (CPU, same seed). The run starts from a
+model file and distils a teacher, as params.yaml's recipe does: the files the workers read are checked on every
+node too (components/ray_cluster.check_shared)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -27,10 +30,14 @@ from tests.training_data import write_tiny_faces
 
 REPO = Path(__file__).parents[1]
 STORAGE = "s3://models/ray"
-# from scratch: these tests are about the cluster, not the start (tests/test_start.py)
+# from scratch where the start does not matter (tests/test_start.py tests the start itself)
 SCRATCH = ["--set", "train.backbone=mbf", "--set", "train.init_from=null", "--set", "train.teacher=null",
            "--set", "train.degrade_fraction=0"]
-TRAIN = [*SCRATCH, "--set", "train.num_workers=2", "--set", "train.max_steps=10", "--set", "train.batch_size=4",
+# On the cluster, as params.yaml's recipe trains: from a start model file, distilling a teacher, whose targets
+# file the workers on every node read (a small mbf here, written by _start_and_teacher, in place of SFace)
+START = ["--set", "train.backbone=mbf", "--set", "train.init_from=data/start/backbone.pth",
+         "--set", "train.teacher=data/start/teacher.onnx", "--set", "train.degrade_fraction=0"]
+TRAIN = [*START, "--set", "train.num_workers=2", "--set", "train.max_steps=10", "--set", "train.batch_size=4",
          "--set", "train.embedding_size=32", "--set", "train.checkpoint_every=2", "--set", "train.log_every=2",
          "--set", "train.sample_rate=0.5", "--set", "train.bn_recalibration_samples=8", "--set", "train.max_failures=3",
          "--set", "train.loader_workers=0", "--set", f"train.storage_path={STORAGE}"]
@@ -38,8 +45,6 @@ TRAIN = [*SCRATCH, "--set", "train.num_workers=2", "--set", "train.max_steps=10"
 
 def _latest_step(s3: Any) -> int:
     """Step of the newest complete checkpoint in the run's storage (rank 0's meta.json and both head shards)."""
-    import json
-
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="ray/").get("Contents", [])]
     folders = [k.rsplit("/", 1)[0] for k in keys if k.endswith("/meta.json")]
     complete = [f for f in folders if all(f"{f}/head_rank{r}.pt" in keys for r in (0, 1))]
@@ -47,10 +52,23 @@ def _latest_step(s3: Any) -> int:
                 for f in complete), default=0)
 
 
+def _start_and_teacher(folder: Path) -> None:
+    """A 32-d mbf as a start model (backbone.pth) and, exported, as the teacher (teacher.onnx)."""
+    from components.export import export_onnx
+    from components.models import get_model
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = get_model("mbf", 32).eval()
+    torch.save(model.state_dict(), folder / "backbone.pth")
+    export_onnx(model, folder / "teacher.onnx", simplify=False)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_path: Path, s3: Any) -> None:
     write_tiny_faces(tmp_path / "data" / "packed", classes=6, per_class=8)
+    _start_and_teacher(tmp_path / "data" / "start")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "reports").mkdir()
     port = free_port()
@@ -78,6 +96,9 @@ def test_two_node_cluster_loses_a_node_and_finishes_from_the_s3_checkpoint(tmp_p
         clean = subprocess.run(faceforge, cwd=tmp_path, env=driver_env, capture_output=True, text=True, timeout=600)
         assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
         clean_seconds = time.monotonic() - started
+        report = json.loads((tmp_path / "reports" / "train.json").read_text())
+        assert report["start"]["init_from"] == "data/start/backbone.pth" and report["freeze_batchnorm"]
+        assert report["teacher"]["teacher"] == "data/start/teacher.onnx"
         reference = torch.load(tmp_path / "data" / "train" / "backbone.pth")
         assert not s3.list_objects_v2(Bucket="models", Prefix="ray/train-").get("KeyCount")  # finished: freed
 

@@ -7,6 +7,7 @@ verified after MLflow wrote its copy), so the version a person approves is byte 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
+from mlflow.models.model import ModelInfo
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
@@ -33,6 +35,18 @@ from pipelines.params import Params
 MODEL_ARTIFACT = "model"
 
 
+class _NoPipVersionNotice(logging.Filter):
+    """MLflow writes a conda.yaml beside every logged model and asks pip for its version; a uv environment has no
+    pip, so each registration printed a WARNING about it. Triton serves the ONNX file, never that environment:
+    this one message is dropped, any other MLflow warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to resolve installed pip version")
+
+
+logging.getLogger("mlflow.utils.environment").addFilter(_NoPipVersionNotice())
+
+
 def gate_tags(gate: dict[str, Any]) -> dict[str, str]:
     """The verdict as the run and the model version both carry it (``gate.status`` / ``gate.reasons``)."""
     return {"gate.status": gate["status"], "gate.reasons": "; ".join(gate["reasons"])[:TAG_LIMIT]}
@@ -43,13 +57,16 @@ def log_params(params: Params) -> None:
                        for k, v in flatten(params.model_dump(mode="json")).items()})
 
 
-def log_metrics(run_id: str) -> dict[str, float]:
-    """Every stage report's numbers, plus the training curve step by step (one batched call, not one per point)."""
+def log_metrics(run_id: str, model_id: str | None = None) -> dict[str, float]:
+    """Every stage report's numbers, plus the training curve step by step (one batched call, not one per point).
+
+    ``model_id``: the logged model the reports' numbers describe, linked in the same calls (as MLflow links a
+    run's step-0 metrics to a model logged after them, but without its request per metric)."""
     metrics = report_metrics(REPORTS)
     now = int(time.time() * 1000)
     curve = [Metric(key, value, now, step) for step, row in training_curve(REPORTS / "train_loss.csv")
              for key, value in row.items()]
-    points = [Metric(key, value, now, 0) for key, value in metrics.items()] + curve
+    points = [Metric(key, value, now, 0, model_id=model_id) for key, value in metrics.items()] + curve
     client = MlflowClient()
     for start in range(0, len(points), 1000):  # log_batch accepts at most 1000 metrics per call
         client.log_batch(run_id, metrics=points[start:start + 1000])
@@ -121,15 +138,39 @@ def signature(model: onnx.ModelProto) -> ModelSignature:
                           outputs=Schema([spec(v) for v in model.graph.output]))
 
 
-def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dict[str, Any]) -> str:
-    """Log the ONNX file under the run, check MLflow's stored copy byte for byte, then register it.
+def log_model(model_path: Path, lineage: Lineage) -> ModelInfo:
+    """Log the ONNX file under the active run and check MLflow's stored copy byte for byte against the file the
+    gate checked (``lineage.model_sha256``).
+
+    Log it before the run's metrics: MLflow links every metric a run already has to a newly logged model with
+    one request per metric (~200 here; minutes behind a server that checks a password on each request), while
+    ``log_metrics(run_id, model_id)`` links them in its batched calls."""
+    import onnxruntime
+
+    model = onnx.load(str(model_path))
+    info = mlflow.onnx.log_model(
+        model, name=MODEL_ARTIFACT, signature=signature(model), save_as_external_data=False,
+        # Explicit requirements: MLflow's inference would load the model in a subprocess just to guess them.
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        metadata={"faceforge": lineage.config_parameters()},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)) / "model.onnx"
+        stored_sha = sha256_file(stored)
+        if stored_sha != lineage.model_sha256:
+            raise RuntimeError(f"MLflow's copy of {model_path} differs from the file the gate checked "
+                               f"({stored_sha[:12]} vs {lineage.model_sha256[:12]})")
+    return info
+
+
+def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dict[str, Any],
+                   logged: ModelInfo | None = None) -> str:
+    """Register the model ``logged`` under the run (``log_model`` of ``model_path`` when not given yet).
 
     The version is created together with all its tags in one registry call (verdict, checksum, lineage), so a
     tracking server dying half-way can leave an unregistered logged model but never a version without its
     verdict. A retry of the same Prefect flow run finds the version it already created instead of adding one.
     """
-    import onnxruntime
-
     client = MlflowClient()
     name = params.mlflow.registered_model
     tags = gate_tags(gate) | {"model_sha256": lineage.model_sha256, "git_revision": lineage.git_revision,
@@ -145,19 +186,7 @@ def register_model(params: Params, model_path: Path, lineage: Lineage, gate: dic
     existing = _registered_by_this_flow_run(client, name, tags)
     if existing is not None:
         return existing
-    model = onnx.load(str(model_path))
-    info = mlflow.onnx.log_model(
-        model, name=MODEL_ARTIFACT, signature=signature(model), save_as_external_data=False,
-        # Explicit requirements: MLflow's inference would load the model in a subprocess just to guess them.
-        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-        metadata={"faceforge": lineage.config_parameters()},
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        stored = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)) / "model.onnx"
-        stored_sha = sha256_file(stored)
-        if stored_sha != lineage.model_sha256:
-            raise RuntimeError(f"MLflow's copy of {model_path} differs from the file the gate checked "
-                               f"({stored_sha[:12]} vs {lineage.model_sha256[:12]})")
+    info = logged or log_model(model_path, lineage)
     version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     if gate["passed"]:  # only a candidate that passed waits for a person's approval
         client.set_registered_model_alias(name, params.mlflow.challenger_alias, version)

@@ -36,6 +36,7 @@ from flows.record import (
     log_artifacts,
     log_dataset,
     log_metrics,
+    log_model,
     log_params,
     model_card,
     register_model,
@@ -118,14 +119,16 @@ def _record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, A
     with mlflow.start_run(run_name=f"retrain-{flow_run_name}") as run:
         mlflow.set_tag("prefect.flow_run_id", flow_run_id)
         log_params(params)
-        metrics = log_metrics(run.info.run_id)
+        # The model before the metrics, which are then linked to it in log_metrics' batched calls (log_model).
+        logged = log_model(Path(params.publish.model), lineage)
+        metrics = log_metrics(run.info.run_id, logged.model_id)
         log_dataset(params, lineage.dvc_data_hash)
         log_artifacts(params)
         mlflow.log_text(model_card(params, lineage, metrics, verdict), "model_card.md")
         mlflow.log_text(lock_text, "dvc/dvc.lock")
         mlflow.set_tags(gate_tags(verdict) | {"git_revision": lineage.git_revision,
                                               "dvc_data_hash": lineage.dvc_data_hash, "dvc_lock_sha256": lock_sha})
-        version = register_model(params, Path(params.publish.model), lineage, verdict)
+        version = register_model(params, Path(params.publish.model), lineage, verdict, logged)
     return {"run_id": run.info.run_id, "experiment_id": experiment.experiment_id, "model_version": version,
             "verdict": verdict, "champion_version": champion_version, "champion": champion}
 

@@ -245,7 +245,8 @@ class EvalParams(_Section):
 class ExportParams(_Section):
     model: Path = Field(Path("data/train"), description="train output folder: backbone.pth + model.json; or an "
                         ".onnx in the served contract (data/import/model.onnx) to serve as imported, untrained")
-    opset: int = Field(17, ge=13, le=23)
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset; torch's exporter implements 18 and newer and "
+                       "converts a lower one down (it says so)")
     simplify: bool = Field(True, description="onnxslim, kept only if outputs are unchanged")
     fp16: bool = Field(False, description="also write model.fp16.onnx for GPU serving")
     parity_faces: int = Field(64, ge=1, description="real aligned faces compared PyTorch vs ONNX Runtime")

@@ -95,7 +95,7 @@ def test_steps_equal_arcface_torch(case: tuple, reference: dict, monkeypatch: py
         grad_norm = torch.linalg.vector_norm(torch.stack(grads))
         assert grad_norm > CLIP  # the clip binds on every step
         optimiser_step(optimizer, disabled, backbone, CLIP)
-        assert float(loss) == pytest.approx(ref_step["loss"], rel=1e-12)
+        assert loss.item() == pytest.approx(ref_step["loss"], rel=1e-12)
         assert float(grad_norm) == pytest.approx(ref_step["grad_norm"], rel=1e-10)
         if ref_step["sampled"] is not None:
             assert torch.equal(head.last_index, ref_step["sampled"])

@@ -69,7 +69,7 @@ def check_contract(model: onnx.ModelProto, source: str) -> None:
         raise ValueError(f"{source}: input must be [batch, 3, 112, 112] with a dynamic batch axis")
 
 
-def export_onnx(model: torch.nn.Module, out: Path, opset: int = 17, simplify: bool = True) -> dict[str, Any]:
+def export_onnx(model: torch.nn.Module, out: Path, opset: int = 18, simplify: bool = True) -> dict[str, Any]:
     """Write ``out`` atomically; returns what was done (for the report)."""
     proto = _torch_export(model, opset)
     info: dict[str, Any] = {"opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),

@@ -203,6 +203,10 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
             if not math.isfinite(loss_sum):
                 # The loss is global, so every worker skips the same step and stays in lock-step.
                 optimizer.zero_grad(set_to_none=True)
+                # A step over no gradient changes nothing (torch's optimisers skip a parameter whose grad is
+                # None) and keeps the schedule in step with the optimiser: the scheduler below advances as
+                # for any step, without torch's "lr_scheduler.step() before optimizer.step()" warning.
+                optimizer.step()
                 nonfinite += 1
                 skipped += 1
                 print(f"[rank {session.rank}] step {step}: non-finite loss {loss_sum}, update skipped", flush=True)

@@ -7,15 +7,17 @@ from typing import Any
 
 import pytest
 
-from components.sample.raw_photos import SampleConfig, write_sample_raw
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Modules with a ``slow`` test first, each module's tests in file order.
 
     `make test` runs two pytest-xdist workers, each taking the next whole module (``--dist loadscope``, so a
     module's fixtures are built once) in this order: the end-to-end test, which mostly waits on its servers,
-    starts at once on one worker while the other goes through the rest, instead of starting last."""
+    starts at once on one worker while the other goes through the rest, instead of starting last.
+
+    This file imports nothing of faceforge at its top: xdist's controller loads it, and an import of
+    ``components`` there would set the product's environment defaults (components/env_defaults.py) in the
+    environment every worker inherits, as if the user had set them (tests/servers.server_env)."""
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module is not None}
     items.sort(key=lambda item: item.module is None or item.module.__name__ not in slow)
 
@@ -23,6 +25,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def sample_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small deterministic raw-photo folder from the bundled real faces: 8 people x 6 photos."""
+    from components.sample.raw_photos import SampleConfig, write_sample_raw
+
     root = tmp_path_factory.mktemp("sample") / "raw"
     write_sample_raw(root, SampleConfig(identities=8, images_per_identity=6, seed=3))
     return root

@@ -280,7 +280,7 @@ def _photo_in_answers(server: Any, store: Any, project: Path, embedder_version: 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # 19-24 min on 2 cores (1500 s was hit once on a slow day); 600 s is for one stage
+@pytest.mark.timeout(2400)  # 12 min beside the other worker on 2 cores (15-24 min alone before); 600 s is for one stage
 def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str, Any], tmp_path: Path) -> None:
     from components.evaluation.embedders import to_input
     from components.export.faces import sample_faces

@@ -18,8 +18,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     This file imports nothing of faceforge at its top: xdist's controller loads it, and an import of
     ``components`` there would set the product's environment defaults (components/env_defaults.py) in the
     environment every worker inherits, as if the user had set them (tests/servers.server_env)."""
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module is not None}
-    items.sort(key=lambda item: item.module is None or item.module.__name__ not in slow)
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]  # the scope --dist loadscope groups by
+
+    slow = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module(item) not in slow)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 ``promote`` is both the manual command and the approval watcher: the ``promote/on-approval`` deployment runs it
 every ``orchestration.approval_poll_s`` seconds with ``watching=True``, so a person moving the ``champion``
 alias in the MLflow UI is all it takes to serve a model (docs/architecture.md, "The approval loop"). The work
-is in flows/serving.py (usable without Prefect); these flows add the serving lock, the run record in Prefect
+is in flows/promotion.py (usable without Prefect); these flows add the serving lock, the run record in Prefect
 and a markdown artifact whenever something changed or was refused.
 """
 
@@ -17,7 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.accounts import use_account
 from flows.lock import locked_workspace
-from flows.serving import rollback_serving, serve_champion
+from flows.promotion import serve_champion
+from flows.serving import rollback_serving
 
 
 def _artifact(key: str, title: str, result: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ published ``onnxruntime``/TensorRT config itself is checked against Triton's pro
 With ``publish.pipeline_name`` set, the photo-in model is published next to the embedder (its own version,
 pinned to that embedder version) and checked too: raw photos through Triton against the same detect -> align
 -> embed code run in this process.
-Serving happens after the gate and a person's approval (flows/serving.py), which reuses :func:`push`.
+Serving happens after the gate and a person's approval (flows/promotion.py).
 """
 
 from __future__ import annotations
@@ -116,8 +116,7 @@ def push(store: Store, name: str, onnx_path: Path, options: ServingOptions, line
          pipeline: PipelineSpec | None) -> tuple[int, int | None]:
     """Publish ``onnx_path`` as the next version of ``store`` and serve it with its photo-in model;
     returns (embedder version, pipeline version or None)."""
-    version = publish_onnx(store, name, onnx_path, options, {"lineage": lineage.manifest()},
-                           keep_served=pipeline is not None)
+    version = publish_onnx(store, name, onnx_path, options, {"lineage": lineage.manifest()}, serve=False)
     return version, serve_pair(store, name, version, pipeline)
 
 
@@ -144,7 +143,7 @@ def run(params: Params) -> dict[str, Any]:
         report["version"], report["pipeline_version"] = push(LocalStore(tmp / "repository"), name, Path(p.model),
                                                              options, lineage, pipeline)
         if p.validate_with_triton:
-            # Imported here: serving an approved model (flows/serving.py) reuses this module every 30 s and
+            # Imported here: serving an approved model (flows/promotion.py) reuses this module every 30 s and
             # needs none of torch, ONNX Runtime or tritonclient's HTTP stack.
             from components.evaluation.embedders import OnnxEmbedder, to_input
             from components.export.faces import sample_faces

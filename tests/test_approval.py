@@ -26,8 +26,9 @@ from components.serving.repository import (
 from components.serving.store import LocalStore, open_store
 from components.serving.triton_config import ServingOptions, parse
 from flows.lock import exclusive
+from flows.promotion import serve_champion
 from flows.record import register_model
-from flows.serving import PromotionRefused, rollback_serving, serve_champion
+from flows.serving import PromotionRefused, rollback_serving
 from pipelines.params import Params, load_params
 
 NAME = "faceforge-embedder"

@@ -64,8 +64,11 @@ def served(store: Store, model: str) -> list[int]:
 
 
 def publish_version(store: Store, model: str, files: dict[str, Path], config_for: Callable[[int], str],
-                    metadata: dict[str, Any]) -> int:
-    """Upload ``files`` as the next version, verify, then serve it; returns the new version number."""
+                    metadata: dict[str, Any], serve: bool = True) -> int:
+    """Upload ``files`` as the next version, verify, then (``serve``) serve it; returns the new version number.
+
+    Without ``serve`` the version is complete but not loaded: a promotion publishes first and switches last
+    (flows/promotion.py), so nothing answers with a version whose gallery templates are not ready."""
     check_model_name(model)
     for path in files.values():
         if not Path(path).is_file():
@@ -87,7 +90,8 @@ def publish_version(store: Store, model: str, files: dict[str, Path], config_for
         # from it, not from whichever version's config is in place then (their tensors may differ).
         manifest = {"version": version, "sha256": checksums, "config": config, **metadata}
         store.write(prefix + MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        store.write(f"{model}/config.pbtxt", config.encode())
+        if serve:
+            store.write(f"{model}/config.pbtxt", config.encode())
     except BaseException:
         store.delete_prefix(prefix)  # a partial version must not linger as if it were a candidate
         raise
@@ -103,16 +107,15 @@ def version_files(onnx_path: Path, backend: str) -> dict[str, Path]:
 
 
 def publish_onnx(store: Store, model: str, onnx_path: Path, options: ServingOptions,
-                 metadata: dict[str, Any], keep_served: bool = False) -> int:
+                 metadata: dict[str, Any], serve: bool = True) -> int:
     """:func:`publish_version` for one ONNX model: the backend's files, the config generated from its graph.
 
-    ``keep_served``: the versions served before stay served next to the new one (a pair switch drops them
-    once the photo-in model has moved, components/serving/pipeline_version.py)."""
+    ``serve=False`` leaves what is served alone: with a photo-in model the pair is switched afterwards
+    (components/serving/pipeline_version.serve_pair), never the embedder alone."""
     def config_for(version: int) -> str:
-        versions = [*served(store, model), version] if keep_served else [version]
-        return render(build_config(onnx_path, model, versions, options))
+        return render(build_config(onnx_path, model, [version], options))
 
-    return publish_version(store, model, version_files(onnx_path, options.backend), config_for, metadata)
+    return publish_version(store, model, version_files(onnx_path, options.backend), config_for, metadata, serve)
 
 
 def serve_existing(store: Store, model: str, version: int, keep: list[int] | tuple[int, ...] = ()) -> int:

@@ -85,7 +85,7 @@ def infra_validate(onnx_path: Path, name: str, options: ServingOptions, inputs: 
     repo = workdir / "validation_repository"
     store = LocalStore(repo)
     version = publish_onnx(store, name, onnx_path,
-                           replace(options, backend="python", instance_kind="cpu", tensorrt=False), {})
+                           replace(options, backend="python", instance_kind="cpu", tensorrt=False), {}, serve=False)
     serve_pair(store, name, version, pipeline)
     start = time.perf_counter()
     with TritonServer(repo) as server:

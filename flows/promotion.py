@@ -1,0 +1,187 @@
+"""Serving the approved model: plan -> check -> publish -> switch, the whole promotion in one place.
+
+:func:`serve_champion` is the one reconciliation step behind the approval watcher (a Prefect deployment on an
+interval), ``faceforge promote`` and a rollback made in the MLflow UI:
+- **plan**: read the ``champion`` alias and what each serving repository serves (its served manifest names the
+  MLflow version); repositories already serving it need nothing, so running this every 30 s, after a restart
+  or twice at once serves each alias move exactly once. Tampered served files are put back first.
+- **check**: a version whose gate verdict is not ``pass`` is refused unless forced with a reason; the refusal
+  is tagged on the version (once) and the previous champion stays served.
+- **publish**: repositories that do not hold the version yet get it (downloaded from MLflow once, its SHA-256
+  checked against the one the gate evaluated), uploaded and verified but not served.
+- **switch**: each repository serves the version with its photo-in model (the alias moved back: only this).
+- **record**: who served what, when (and a forced promotion's reason) on the version; the challenger alias retired.
+State lives in the registry and the repositories, never in the watcher, so a watcher that restarts simply looks
+again. docs/architecture.md, "The approval loop".
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.serving.served_pair import ServedPair
+from components.serving.store import open_store
+from flows.lineage import registry_lineage
+from flows.serving import (
+    PromotionRefused,
+    champion_version,
+    check_tampering,
+    download_model,
+    now,
+    registry_client,
+    serving_repositories,
+)
+from flows.tracking import TAG_LIMIT
+from pipelines.params import Params
+from pipelines.publish import pipeline_spec, serving_options
+
+REFUSED_TAG = "serving.refused"
+
+
+@dataclass
+class Promotion:
+    """What one promotion found and did; ``result`` is what the watcher's run and ``faceforge promote`` print."""
+
+    params: Params
+    client: Any
+    version: Any  # the champion's MLflow ModelVersion
+    pending: list[ServedPair]  # the repositories not serving it yet
+    result: dict[str, Any]
+    published: dict[str, tuple[str, int]] = field(default_factory=dict)  # url -> (action, repository version)
+
+
+def serve_champion(params: Params, repositories: list[str] | None = None, force: bool = False,
+                   reason: str | None = None, require_champion: bool = True) -> dict[str, Any]:
+    """Make every serving repository serve the champion version; returns what each one did."""
+    if force and not (reason and reason.strip()):
+        raise ValueError("--force needs --reason: it is recorded on the model version")
+    promotion = plan(params, repositories, require_champion)
+    if promotion.version is None or not promotion.pending:
+        return promotion.result
+    if not check(promotion, force, reason, require_champion):
+        return promotion.result
+    with tempfile.TemporaryDirectory() as tmp:
+        publish(promotion, Path(tmp))
+    switch(promotion)
+    return record(promotion, force, reason)
+
+
+def plan(params: Params, repositories: list[str] | None, require_champion: bool) -> Promotion:
+    """The champion and the repositories that do not serve it yet (tampered served files put back first)."""
+    chosen = serving_repositories(params, repositories)
+    client = registry_client(params)
+    name = params.mlflow.registered_model
+    version = champion_version(client, params)
+    if version is None:
+        if require_champion:
+            raise PromotionRefused(
+                f"no version of {name} holds the alias {params.mlflow.champion_alias!r}: approve one in the MLflow "
+                f"UI (Models -> {name} -> the version -> pencil next to Aliases -> "
+                f"{params.mlflow.champion_alias!r} -> Save aliases)")
+        return Promotion(params, client, None, [], {"model": name, "model_version": None, "repositories": [],
+                                                    "action": "nothing approved yet"})
+    pipeline = pipeline_spec(params)  # the photo-in model moves with the embedder (pipeline_version.py)
+    pairs = [ServedPair(open_store(url), params.publish.model_name, pipeline) for url in chosen]
+    tampered = check_tampering(client, params, {p.url: p.store for p in pairs}, pipeline, repair=True)
+    serving = {p.url: p.serving() for p in pairs}
+    result: dict[str, Any] = {"model": name, "model_version": str(version.version),
+                              "gate_status": version.tags.get("gate.status", "missing"),
+                              "repositories": [{"repository": p.url, "action": "already_served",
+                                                "repository_version": serving[p.url][1]}
+                                               for p in pairs if serving[p.url][0] == str(version.version)]}
+    if tampered:
+        result["tampered"] = tampered
+    return Promotion(params, client, version, [p for p in pairs if serving[p.url][0] != str(version.version)],
+                     result)
+
+
+def check(promotion: Promotion, force: bool, reason: str | None, require_champion: bool) -> bool:
+    """True when the version may be served. A refusal is tagged on the version once (not on every poll) and,
+    for a person's ``promote``, raised; the watcher records it and keeps the previous champion served."""
+    version, result = promotion.version, promotion.result
+    refused = _refusal(version, force, reason)
+    if refused is None:
+        return True
+    name = promotion.params.mlflow.registered_model
+    result["refused"] = refused
+    result["newly_refused"] = REFUSED_TAG not in version.tags
+    if result["newly_refused"]:
+        promotion.client.set_model_version_tag(name, version.version, REFUSED_TAG,
+                                               json.dumps({"reason": refused, "at": now()})[:TAG_LIMIT])
+    if require_champion:
+        raise PromotionRefused(f"{name} {refused}; refusing to serve it (the previous champion stays served). "
+                               "Override with --force --reason '...'")
+    return False
+
+
+def _refusal(version: Any, force: bool, reason: str | None) -> str | None:
+    """Why this version may not be served, or None. A forced promotion is recorded on the version, so the
+    watcher then serves it to the other repositories too instead of refusing it there."""
+    status = version.tags.get("gate.status", "missing")
+    if status == "pass" or (force and reason) or version.tags.get("promote.forced") == "true":
+        return None
+    return (f"version {version.version} did not pass the gate (gate.status={status}: "
+            f"{version.tags.get('gate.reasons') or 'no verdict recorded'})")
+
+
+def publish(promotion: Promotion, work: Path) -> None:
+    """Every pending repository holds the version afterwards, served or not: the model is downloaded (and
+    checked) once, only for repositories that do not hold it (an alias moved back needs no upload)."""
+    params, version = promotion.params, promotion.version
+    lineage = registry_lineage(promotion.client, params, version)
+    model: Path | None = None
+    for pair in promotion.pending:
+        existing = pair.holding(lineage)
+        if existing is not None:
+            promotion.published[pair.url] = ("switched", existing)
+            continue
+        model = model or download_model(version, params, work)
+        promotion.published[pair.url] = ("published",
+                                         pair.publish(model, serving_options(params.publish, lineage), lineage))
+
+
+def switch(promotion: Promotion) -> None:
+    """Each pending repository serves the version with its photo-in model."""
+    for pair in promotion.pending:
+        action, repository_version = promotion.published[pair.url]
+        promotion.result["repositories"].append({"repository": pair.url, "action": action,
+                                                 "repository_version": repository_version,
+                                                 "pipeline_version": pair.switch(repository_version)})
+
+
+def record(promotion: Promotion, force: bool, reason: str | None) -> dict[str, Any]:
+    """Who served what and when, on the version (``serving.last``); a served challenger is no longer waiting."""
+    client, version, result = promotion.client, promotion.version, promotion.result
+    name = promotion.params.mlflow.registered_model
+    served = {"at": now(), "by": f"{getpass.getuser()}@{socket.gethostname()}",
+              "served_versions": {r["repository"]: r.get("repository_version") for r in result["repositories"]}}
+    if force and version.tags.get("gate.status") != "pass":
+        served |= {"forced": True, "reason": reason}
+        client.set_model_version_tag(name, version.version, "promote.forced", "true")
+        client.set_model_version_tag(name, version.version, "promote.reason", reason)
+    client.set_model_version_tag(name, version.version, "serving.last", json.dumps(served, sort_keys=True)[:TAG_LIMIT])
+    challenger = promotion.params.mlflow.challenger_alias
+    if challenger in version.aliases:  # approved and served: no longer waiting for review
+        result |= _retire_challenger(client, name, challenger)
+    return result | served
+
+
+def _retire_challenger(client: Any, name: str, alias: str) -> dict[str, Any]:
+    """Delete the alias; on a basic-auth server the watcher's account may not (MLflow grants alias deletion
+    only with MANAGE, which also manages the model's permissions: flows/accounts.py), so there the alias stays
+    until the next version that passes the gate takes it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED" and "error code 403" not in str(exc):
+            raise
+        return {"challenger_kept": f"this account may not delete the alias {alias!r} (MLflow: MANAGE)"}
+    return {}

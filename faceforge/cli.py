@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
+from faceforge.gallery_cli import gallery_app
+from faceforge.reporting import read_photos, report_errors, transient_errors
 from flows.dvc_stages import TRANSIENT_EXIT  # the exit code the retrain flow retries
-from pipelines.params import ParamsError, load_params
+from pipelines.params import load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -21,44 +22,12 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (validate
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Failures that may pass on their own: network, S3 endpoint, timeouts."""
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import EndpointConnectionError
-
-    return ConnectionError, TimeoutError, BotoConnectionError, EndpointConnectionError
-
-
-def _report_errors(command: str, action: Callable[[], Any],
-                   show: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """Run ``action`` and print its report (JSON, or ``show``); user errors become one line on stderr and a
-    non-zero exit."""
-    try:
-        report = action()
-    except ParamsError as exc:
-        typer.echo(f"faceforge {command}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except _transient_errors() as exc:
-        typer.echo(f"faceforge {command}: transient failure, worth retrying: {exc}".splitlines()[0], err=True)
-        raise typer.Exit(TRANSIENT_EXIT) from None
-    except (FileNotFoundError, ValueError, RuntimeError, PermissionError, pickle.UnpicklingError) as exc:
-        # One line on stderr (contract); the traceback would bury the file name users need.
-        typer.echo(f"faceforge {command}: {exc}".splitlines()[0], err=True)
-        for line in str(exc).splitlines()[1:]:
-            typer.echo(line, err=True)
-        raise typer.Exit(1) from None
-    if show is not None:
-        show(report)
-    else:
-        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
-
-
 def _run_stage(stage: str, params_file: Path, overrides: list[str] | None) -> None:
     def action() -> dict[str, Any]:
         params = load_params(params_file, overrides or [])
         return importlib.import_module(f"pipelines.{stage}").run(params)
 
-    _report_errors(stage, action)
+    report_errors(stage, action)
 
 
 def _stage_command(stage: str, summary: str) -> None:
@@ -132,7 +101,7 @@ def retrain_command(
             raise RuntimeError(f"gate failed for version {summary['model_version']}: " + "; ".join(summary["reasons"]))
         return summary
 
-    _report_errors("retrain", action)
+    report_errors("retrain", action)
 
 
 @app.command("promote")
@@ -158,7 +127,7 @@ def promote_command(
         return promote(serving_repositories=serving_repository, force=force, reason=reason, backend=backend,
                        workspace=str(workspace))
 
-    _report_errors("promote", action)
+    report_errors("promote", action)
 
 
 @app.command("accounts")
@@ -174,7 +143,7 @@ def accounts_command(params: ParamsOpt = Path("params.yaml")) -> None:
         check_reachable(uri)
         return provision(uri, loaded.mlflow.experiment, loaded.mlflow.registered_model, accounts_from_environment())
 
-    _report_errors("accounts", action)
+    report_errors("accounts", action)
 
 
 def _check_served(workspace: Path, repositories: list[str] | None) -> dict[str, Any]:
@@ -203,7 +172,7 @@ def lineage_command(
 
     loaded = load_params(params)
     if dvc_lock:
-        _report_errors("lineage", lambda: {"dvc.lock": dvc_lock_text(registry_client(loaded), loaded, version)},
+        report_errors("lineage", lambda: {"dvc.lock": dvc_lock_text(registry_client(loaded), loaded, version)},
                        show=lambda report: typer.echo(report["dvc.lock"], nl=False))
         return
     try:
@@ -212,7 +181,7 @@ def lineage_command(
         repositories = []
     try:
         record = describe(registry_client(loaded), loaded, version, repositories)
-    except _transient_errors() as exc:
+    except transient_errors() as exc:
         typer.echo(f"faceforge lineage: transient failure, worth retrying: {exc}".splitlines()[0], err=True)
         raise typer.Exit(TRANSIENT_EXIT) from None
     except Exception as exc:  # noqa: BLE001 - an unknown version or alias: one line naming it
@@ -239,7 +208,7 @@ def continue_from_command(
         return {"version": start.version, "train_md5": start.train_md5, "reason": start.reason,
                 "params_changed": changed}
 
-    _report_errors("continue-from", action)
+    report_errors("continue-from", action)
 
 
 @app.command("remote")
@@ -259,7 +228,7 @@ def remote_command(
         name, where = ensure_remote(workspace)
         return {"remote": name, "url": where}
 
-    _report_errors("remote", action)
+    report_errors("remote", action)
 
 
 @app.command("triton")
@@ -310,7 +279,7 @@ def rollback_command(
         _prefect_reachable()
         return rollback(to=to, serving_repository=serving_repository, workspace=str(workspace))
 
-    _report_errors("rollback", action)
+    report_errors("rollback", action)
 
 
 @app.command("serve-flows")
@@ -350,7 +319,7 @@ def gate_command(
             raise RuntimeError("gate failed: " + "; ".join(result["reasons"]))
         return result
 
-    _report_errors("gate", action)
+    report_errors("gate", action)
 
 
 eval_app = typer.Typer(add_completion=False, help="Evaluate a model: IJB-C 1:1/1:N and .bin verification sets.")
@@ -383,13 +352,14 @@ def eval_ijbc(
 
     options = IjbcOptions(flip=flip, detector_score=detector_score, normalise_images=normalise_images,
                           batch_size=batch_size, loader_workers=workers)
-    _report_errors("eval ijbc", lambda: run_ijbc(root, out, target, options, model, features))
+    report_errors("eval ijbc", lambda: run_ijbc(root, out, target, options, model, features))
 
 
 client_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Call the served photo-in model (faceforge-pipeline): photos in, faces and "
                          "decisions out.")
 app.add_typer(client_app, name="client")
+app.add_typer(gallery_app, name="gallery")
 
 
 @client_app.callback()
@@ -416,20 +386,13 @@ def _client_call(ctx: typer.Context, command: str, call: Callable[[Any], Any]) -
         except InferenceServerException as exc:
             raise RuntimeError(f"{ctx.obj['url']} ({ctx.obj['protocol']}): {exc.message() or exc}") from None
 
-    _report_errors(f"client {command}", action)
-
-
-def _read_photos(paths: list[Path]) -> list[bytes]:
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{missing[0]}: photo not found")
-    return [p.read_bytes() for p in paths]
+    report_errors(f"client {command}", action)
 
 
 @client_app.command("embed")
 def client_embed(ctx: typer.Context, photos: Annotated[list[Path], typer.Argument(help="image files")]) -> None:
     """Each photo's status, face box, detector score and L2-normalised embedding (JSON)."""
-    _client_call(ctx, "embed", lambda c: [e.summary(str(p)) for p, e in zip(photos, c.embed(_read_photos(photos)),
+    _client_call(ctx, "embed", lambda c: [e.summary(str(p)) for p, e in zip(photos, c.embed(read_photos(photos)),
                                                                             strict=True)])
 
 
@@ -440,7 +403,7 @@ def client_verify(
     far: Annotated[float, typer.Option(help="false-accept rate whose served threshold decides")] = 1e-4,
 ) -> None:
     """Same person? The cosine of the two main faces against the served version's threshold at --far."""
-    _client_call(ctx, "verify", lambda c: {"a": str(a), "b": str(b)} | c.verify(*_read_photos([a, b]), far=far))
+    _client_call(ctx, "verify", lambda c: {"a": str(a), "b": str(b)} | c.verify(*read_photos([a, b]), far=far))
 
 
 @client_app.command("identify")
@@ -453,7 +416,7 @@ def client_identify(
     from components.serving.client import read_gallery
 
     def call(client: Any) -> list[dict[str, Any]]:
-        ranked = client.identify(read_gallery(gallery), _read_photos(probes), top_k)
+        ranked = client.identify(read_gallery(gallery), read_photos(probes), top_k)
         return [{"probe": str(p), "matches": [{"identity": i, "score": s} for i, s in r]}
                 for p, r in zip(probes, ranked, strict=True)]
 

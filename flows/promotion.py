@@ -1,4 +1,4 @@
-"""Serving the approved model: plan -> check -> publish -> switch, the whole promotion in one place.
+"""Serving the approved model: plan -> check -> re-embed -> publish -> switch, the whole promotion in one place.
 
 :func:`serve_champion` is the one reconciliation step behind the approval watcher (a Prefect deployment on an
 interval), ``faceforge promote`` and a rollback made in the MLflow UI:
@@ -7,9 +7,13 @@ interval), ``faceforge promote`` and a rollback made in the MLflow UI:
   or twice at once serves each alias move exactly once. Tampered served files are put back first.
 - **check**: a version whose gate verdict is not ``pass`` is refused unless forced with a reason; the refusal
   is tagged on the version (once) and the previous champion stays served.
+- **re-embed**: when a gallery exists (components/gallery/), every enrolled face gets a template of the version
+  from its stored crop, before any repository serves it (flows/gallery.py): identify never meets a probe whose
+  version has no complete template set.
 - **publish**: repositories that do not hold the version yet get it (downloaded from MLflow once, its SHA-256
   checked against the one the gate evaluated), uploaded and verified but not served.
-- **switch**: each repository serves the version with its photo-in model (the alias moved back: only this).
+- **switch**: each repository serves the version with its photo-in model (the alias moved back: only this);
+  then the gallery enrols with it.
 - **record**: who served what, when (and a forced promotion's reason) on the version; the challenger alias retired.
 State lives in the registry and the repositories, never in the watcher, so a watcher that restarts simply looks
 again. docs/architecture.md, "The approval loop".
@@ -25,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.gallery.gallery import Gallery, ModelId
 from components.serving.served_pair import ServedPair
 from components.serving.store import open_store
+from flows.gallery import gallery_in_use, prepare
 from flows.lineage import registry_lineage
 from flows.serving import (
     PromotionRefused,
@@ -53,7 +59,25 @@ class Promotion:
     version: Any  # the champion's MLflow ModelVersion
     pending: list[ServedPair]  # the repositories not serving it yet
     result: dict[str, Any]
+    gallery: Gallery | None = None  # the enrolled people, when there are any to keep comparable
+    work: Path | None = None  # where the model file is downloaded to, once
     published: dict[str, tuple[str, int]] = field(default_factory=dict)  # url -> (action, repository version)
+    _model: Path | None = None
+
+    @property
+    def model_id(self) -> ModelId:
+        return ModelId(self.version.tags.get("model_sha256", ""), str(self.version.version))
+
+    def model_file(self) -> Path:
+        """The version's ONNX file from MLflow (SHA-256 checked), downloaded at most once."""
+        if self._model is None:
+            assert self.work is not None, "model_file() outside serve_champion's working folder"
+            self._model = download_model(self.version, self.params, self.work)
+        return self._model
+
+    def gallery_behind(self) -> bool:
+        """The gallery does not enrol with the version yet (a swap interrupted after the switch)."""
+        return self.gallery is not None and self.gallery.active() != self.model_id
 
 
 def serve_champion(params: Params, repositories: list[str] | None = None, force: bool = False,
@@ -62,12 +86,14 @@ def serve_champion(params: Params, repositories: list[str] | None = None, force:
     if force and not (reason and reason.strip()):
         raise ValueError("--force needs --reason: it is recorded on the model version")
     promotion = plan(params, repositories, require_champion)
-    if promotion.version is None or not promotion.pending:
+    if promotion.version is None or not (promotion.pending or promotion.gallery_behind()):
         return promotion.result
     if not check(promotion, force, reason, require_champion):
         return promotion.result
     with tempfile.TemporaryDirectory() as tmp:
-        publish(promotion, Path(tmp))
+        promotion.work = Path(tmp)
+        reembed(promotion)
+        publish(promotion)
     switch(promotion)
     return record(promotion, force, reason)
 
@@ -98,7 +124,7 @@ def plan(params: Params, repositories: list[str] | None, require_champion: bool)
     if tampered:
         result["tampered"] = tampered
     return Promotion(params, client, version, [p for p in pairs if serving[p.url][0] != str(version.version)],
-                     result)
+                     result, gallery_in_use(params) if pipeline is not None else None)
 
 
 def check(promotion: Promotion, force: bool, reason: str | None, require_champion: bool) -> bool:
@@ -130,29 +156,37 @@ def _refusal(version: Any, force: bool, reason: str | None) -> str | None:
             f"{version.tags.get('gate.reasons') or 'no verdict recorded'})")
 
 
-def publish(promotion: Promotion, work: Path) -> None:
+def reembed(promotion: Promotion) -> None:
+    """The gallery holds a template of the version for every enrolled face before anything serves it."""
+    if promotion.gallery is not None:
+        promotion.result["gallery"] = prepare(promotion.gallery, promotion.model_id, promotion.model_file,
+                                              promotion.params.gallery.reembed_batch)
+
+
+def publish(promotion: Promotion) -> None:
     """Every pending repository holds the version afterwards, served or not: the model is downloaded (and
     checked) once, only for repositories that do not hold it (an alias moved back needs no upload)."""
-    params, version = promotion.params, promotion.version
-    lineage = registry_lineage(promotion.client, params, version)
-    model: Path | None = None
+    params = promotion.params
+    lineage = registry_lineage(promotion.client, params, promotion.version)
     for pair in promotion.pending:
         existing = pair.holding(lineage)
         if existing is not None:
             promotion.published[pair.url] = ("switched", existing)
             continue
-        model = model or download_model(version, params, work)
-        promotion.published[pair.url] = ("published",
-                                         pair.publish(model, serving_options(params.publish, lineage), lineage))
+        promotion.published[pair.url] = ("published", pair.publish(
+            promotion.model_file(), serving_options(params.publish, lineage), lineage))
 
 
 def switch(promotion: Promotion) -> None:
-    """Each pending repository serves the version with its photo-in model."""
+    """Each pending repository serves the version with its photo-in model; then the gallery enrols with it."""
     for pair in promotion.pending:
         action, repository_version = promotion.published[pair.url]
         promotion.result["repositories"].append({"repository": pair.url, "action": action,
                                                  "repository_version": repository_version,
                                                  "pipeline_version": pair.switch(repository_version)})
+    if promotion.gallery is not None:
+        promotion.result["gallery"] = promotion.result.get("gallery", {}) | promotion.gallery.activate(
+            promotion.model_id)
 
 
 def record(promotion: Promotion, force: bool, reason: str | None) -> dict[str, Any]:

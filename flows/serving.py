@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.gallery.gallery import ModelId
 from components.io.checksums import sha256_file
 from components.serving.integrity import HashCache
 from components.serving.pipeline_version import PipelineSpec
 from components.serving.served_pair import ServedPair
 from components.serving.store import Store, open_store
 from flows import tamper
+from flows.gallery import gallery_in_use, prepare
 from flows.lineage import registry_lineage
 from flows.tracking import TAG_LIMIT, check_reachable, tracking_uri
 from pipelines.params import Params
@@ -147,13 +149,22 @@ def now() -> str:
 
 def rollback_serving(params: Params, to: int | None = None, repository: str | None = None) -> dict[str, Any]:
     """Serve an earlier repository version; the champion alias follows when the registry knows that version,
-    so the approval watcher then brings every other serving repository to the same version."""
+    so the approval watcher then brings every other serving repository to the same version. A gallery gets
+    the version's templates back first (kept, or re-embedded from the repository's own model file)."""
     chosen = serving_repositories(params, [repository] if repository else None)[0]
     pair = ServedPair(open_store(chosen), params.publish.model_name, pipeline_spec(params))
     version = pair.earlier(to)
-    result: dict[str, Any] = {"repository": chosen, "model_name": pair.embedder, "served_version": version,
-                              "pipeline_version": pair.switch(version)}
-    model_version = pair.mlflow_version(version)
+    sha256, model_version = pair.model(version)
+    model = ModelId(sha256, model_version or "")
+    gallery = gallery_in_use(params) if pair.pipeline is not None else None
+    result: dict[str, Any] = {"repository": chosen, "model_name": pair.embedder, "served_version": version}
+    with tempfile.TemporaryDirectory() as tmp:
+        if gallery is not None:
+            result["gallery"] = prepare(gallery, model, lambda: pair.model_file(version, Path(tmp)),
+                                        params.gallery.reembed_batch)
+        result["pipeline_version"] = pair.switch(version)
+    if gallery is not None:
+        result["gallery"] |= gallery.activate(model)
     if model_version:
         client = registry_client(params)
         client.set_registered_model_alias(params.mlflow.registered_model, params.mlflow.champion_alias,

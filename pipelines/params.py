@@ -346,8 +346,24 @@ class OrchestrationParams(_Section):
                                  "champion alias is served within this plus one flow start (< 60 s)")
 
 
+class GalleryParams(_Section):
+    """Enrolled people (components/gallery/, docs/gallery.md). ``FACEFORGE_GALLERY_DATABASE`` and
+    ``FACEFORGE_GALLERY_CROPS`` win over ``database`` and ``crops`` (a team's PostgreSQL URL carries a password)."""
+
+    database: str = Field("sqlite:///gallery/gallery.db", description="SQLAlchemy URL: one SQLite file by "
+                          "default, postgresql+psycopg://user@host/db for a team")
+    crops: str = Field("gallery/crops", description="where each enrolled face's aligned crop is kept: a folder "
+                       "or s3://bucket/prefix")
+    far: float = Field(1e-4, gt=0, lt=1, description="the served threshold at this false-accept rate decides "
+                       "identify and verify")
+    top_k: int = Field(5, ge=1, description="identities listed per identify answer")
+    keep_versions: int = Field(2, ge=1, description="model versions whose templates are kept (the active one and "
+                               "the ones a rollback may serve again)")
+    reembed_batch: int = Field(256, ge=1, description="crops embedded and committed together by a migration")
+
+
 class Params(_Section):
-    """Top-level keys are stage names plus ``data``, ``mlflow``, ``gate`` and ``orchestration``
+    """Top-level keys are stage names plus ``data``, ``mlflow``, ``gate``, ``orchestration`` and ``gallery``
     (docs/architecture.md, "Contracts")."""
 
     data: DataParams = DataParams()
@@ -365,6 +381,7 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     gate: GateParams = GateParams()
     orchestration: OrchestrationParams = OrchestrationParams()
+    gallery: GalleryParams = GalleryParams()
 
 
 class ParamsError(ValueError):

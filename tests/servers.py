@@ -184,3 +184,72 @@ def alive_ray_nodes(address: str, env: dict[str, str]) -> int:
     # Ray may print its own lines too (a lagging-heartbeat warning on a busy machine): read the marked one
     counts = re.findall(r"^alive nodes: (\d+)$", done.stdout, re.MULTILINE) if done.returncode == 0 else []
     return int(counts[-1]) if counts else 0
+
+
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server programs (``apt-get install postgresql``; .ci/run installs it), if installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parents[1].name))
+    return found[-1].parent if found else None
+
+
+def postgres_server(port: int, password: str, logs: Path) -> tuple[ServerProcess, str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 with password authentication (as a team's): returns the
+    server and the SQLAlchemy URL of its ``gallery`` database. PostgreSQL refuses to run as root, so under
+    root its files belong to the ``postgres`` account and the programs run as it (``setpriv``, which execs: the
+    process started is the server itself, stopped by its own process id)."""
+    import tempfile
+
+    import psycopg
+
+    binaries = postgres_bin()
+    assert binaries is not None, "PostgreSQL is not installed (apt-get install postgresql)"
+    home = Path(tempfile.mkdtemp(prefix="faceforge-postgres-"))  # outside pytest's root-only tmp folders
+    (home / "password").write_text(password)
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        owner = pwd.getpwnam("postgres")
+        for path in (home, home / "password"):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        as_owner = ["setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--init-groups"]
+    subprocess.run([*as_owner, str(binaries / "initdb"), "-D", str(home / "data"), "-U", "faceforge",
+                    "--auth=scram-sha-256", f"--pwfile={home / 'password'}", "--no-sync"],
+                   check=True, capture_output=True)
+    url = f"postgresql+psycopg://faceforge:{password}@127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=faceforge password={password} "
+                                 "dbname=postgres", autocommit=True, connect_timeout=2) as connection:
+                if connection.execute("SELECT 1 FROM pg_database WHERE datname = 'gallery'").fetchone() is None:
+                    connection.execute("CREATE DATABASE gallery")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    server = PostgresProcess("postgres", [*as_owner, str(binaries / "postgres"), "-D", str(home / "data"),
+                                          "-p", str(port), "-h", "127.0.0.1", "-k", str(home), "-c", "fsync=off"],
+                             server_env(), logs / "postgres.log", ready)
+    server.home = home
+    return server, f"{url}/gallery"
+
+
+class PostgresProcess(ServerProcess):
+    """Stopped by PostgreSQL's "fast shutdown" (SIGINT to the postmaster: open sessions are ended), not the
+    "smart" one SIGTERM asks for, which waits for every pooled client connection to close; its files go too."""
+
+    home: Path | None = None
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop()
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from components.evaluation.embedders import OnnxEmbedder
 from components.export import export_onnx
+from components.io.checksums import sha256_file
 from components.models import get_model
 from components.recordio.dataset import FaceRecordDataset
 from components.serving.client import FaceClient
@@ -87,7 +88,8 @@ def test_publish_builds_and_checks_both_models(served: dict[str, Any]) -> None:
     assert [(i["name"], i["data_type"]) for i in config["input"]] == [("image", "TYPE_STRING")]
     assert {o["name"]: o["data_type"] for o in config["output"]} == {
         "embedding": "TYPE_FP32", "bbox": "TYPE_FP32", "landmarks": "TYPE_FP32", "det_score": "TYPE_FP32",
-        "status": "TYPE_STRING", "detail": "TYPE_STRING"}
+        "status": "TYPE_STRING", "detail": "TYPE_STRING", "faces": "TYPE_INT32", "crop": "TYPE_UINT8",
+        "model_sha256": "TYPE_STRING", "model_version": "TYPE_STRING"}
     assert config["parameters"]["threshold_far_1e-4"]["string_value"] == "0.42"
     assert config["parameters"]["threshold_far_1e-5"]["string_value"] == "null"
     assert json.loads(config["parameters"]["thresholds"]["string_value"]) == THRESHOLDS
@@ -101,8 +103,8 @@ def test_photo_in_embedding_equals_the_stages_crop_embedding(served: dict[str, A
     stages = _stage_faces(root)
     raw = root / "data" / "raw"
     photos = sorted(str(p.relative_to(raw)) for p in raw.rglob("*") if p.is_file())
-    answers = dict(zip(photos, FaceClient(served["server"].grpc_url).embed([(raw / p).read_bytes() for p in photos]),
-                       strict=True))
+    answers = dict(zip(photos, FaceClient(served["server"].grpc_url).embed([(raw / p).read_bytes() for p in photos],
+                                                                           crops=True), strict=True))
     detections = pd.read_parquet(root / "data" / "detect" / "detections.parquet").set_index("path")
     for path in photos:
         assert answers[path].status == ("ok" if detections.loc[path, "status"] == "ok" else "no_face"), path
@@ -115,12 +117,16 @@ def test_photo_in_embedding_equals_the_stages_crop_embedding(served: dict[str, A
         encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, params.align.jpeg_quality])[1].tobytes()
         assert encoded == (root / "data" / "aligned" / row.aligned_path).read_bytes(), row.path
+        np.testing.assert_array_equal(answers[row.path].crop, crop)  # what a gallery stores: the same pixels
         crops.append(crop)
         np.testing.assert_allclose(answers[row.path].bbox, row.bbox, atol=1e-3)
         np.testing.assert_allclose(answers[row.path].landmarks, row.landmarks, atol=1e-3)
     expected = OnnxEmbedder(root / "model.onnx")(np.stack(crops))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     served_rows = np.stack([answers[p].embedding for p in stages.path])
+    # every answer names the embedder that made it: the candidate's file (not registered: no MLflow version)
+    assert {(answers[p].model_sha256, answers[p].model_version) for p in stages.path} == \
+        {(sha256_file(root / "model.onnx"), "")}
     assert len(crops) >= 40
     np.testing.assert_allclose(served_rows, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(served_rows, axis=1), 1.0, atol=1e-5)

@@ -13,7 +13,8 @@ million-identity gallery is where an ANN library (FAISS) would pay.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,11 @@ import numpy as np
 from components.evaluation.roc import rate_key
 
 PIPELINE = "faceforge-pipeline"
+# Triton's words for a model that is being (re)loaded: the photo-in model itself, or the embedder it calls
+_RELOADING = ("is not ready", "not at ready state", "unavailable")
+# what every answer carries (``crop`` only when asked); a version without the last three still answers
+_OUTPUTS = ("embedding", "bbox", "landmarks", "det_score", "status", "detail", "faces", "model_sha256",
+            "model_version")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -34,6 +40,10 @@ class PhotoEmbedding:
     bbox: np.ndarray  # x1 y1 x2 y2 in photo pixels
     landmarks: np.ndarray  # 5 x (x, y)
     det_score: float
+    faces: int | None = None  # faces found in the photo (None: a photo-in version from before it said)
+    crop: np.ndarray | None = None  # the aligned uint8 face, when asked for
+    model_sha256: str | None = None  # the embedder that answered (None: a version from before it said)
+    model_version: str | None = None  # its MLflow version ("" when it was not registered)
 
     def summary(self, name: str) -> dict[str, Any]:
         out: dict[str, Any] = {"photo": name, "status": self.status}
@@ -49,13 +59,13 @@ class FaceClient:
     """``FaceClient("127.0.0.1:8001").verify(a_bytes, b_bytes)``; one connection, reused for every call."""
 
     def __init__(self, url: str = "127.0.0.1:8001", protocol: Literal["grpc", "http"] = "grpc",
-                 model: str = PIPELINE, timeout_s: float = 60.0) -> None:
+                 model: str = PIPELINE, timeout_s: float = 60.0, reload_wait_s: float = 30.0) -> None:
         if protocol == "grpc":
             import tritonclient.grpc as triton
         else:
             import tritonclient.http as triton  # type: ignore[no-redef]
         self._triton = triton
-        self.protocol, self.model, self.timeout_s = protocol, model, timeout_s
+        self.protocol, self.model, self.timeout_s, self.reload_wait_s = protocol, model, timeout_s, reload_wait_s
         self.client = triton.InferenceServerClient(url)
         self._config: dict[str, Any] | None = None
 
@@ -74,26 +84,61 @@ class FaceClient:
         raw = parameters.get("thresholds", {}).get("string_value")
         return {far: t.get("cosine") for far, t in json.loads(raw).items()} if raw else {}
 
-    def embed(self, photos: Sequence[bytes]) -> list[PhotoEmbedding]:
-        """One :class:`PhotoEmbedding` per photo, in order; requests of at most the model's batch size."""
+    def outputs(self) -> set[str]:
+        """The served photo-in version's output names (versions published before [O] lack ``faces``, ``crop``
+        and the ``model_*`` pair)."""
+        return {o["name"] for o in self.config().get("output", [])}
+
+    def embed(self, photos: Sequence[bytes], crops: bool = False) -> list[PhotoEmbedding]:
+        """One :class:`PhotoEmbedding` per photo, in order; requests of at most the model's batch size.
+        ``crops``: also return each aligned face (what a gallery stores; 37 KB a face, so only when asked)."""
         step = max(1, int(self.config().get("max_batch_size", 1)))
+        wanted = [name for name in _OUTPUTS if name in self.outputs()]
+        if crops:
+            if "crop" not in self.outputs():
+                raise ValueError(f"{self.model}: the served version returns no aligned crop (published before "
+                                 "galleries existed): promote or publish the model again")
+            wanted.append("crop")
         out: list[PhotoEmbedding] = []
         for start in range(0, len(photos), step):
-            out += self._infer(photos[start:start + step])
+            out += self._infer(photos[start:start + step], wanted)
         return out
 
-    def _infer(self, photos: Sequence[bytes]) -> list[PhotoEmbedding]:
+    def _infer(self, photos: Sequence[bytes], wanted: list[str]) -> list[PhotoEmbedding]:
         data = np.empty((len(photos), 1), dtype=np.object_)
         data[:, 0] = list(photos)
         image = self._triton.InferInput("image", [len(photos), 1], "BYTES")
         image.set_data_from_numpy(data)
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        result = self.client.infer(self.model, [image], **kwargs)
-        embedding, bbox = result.as_numpy("embedding"), result.as_numpy("bbox")
-        landmarks, score = result.as_numpy("landmarks"), result.as_numpy("det_score")
-        status, detail = result.as_numpy("status").reshape(-1), result.as_numpy("detail").reshape(-1)
-        return [PhotoEmbedding(status[i].decode(), detail[i].decode(), embedding[i], bbox[i], landmarks[i],
-                               float(score[i, 0])) for i in range(len(photos))]
+        outputs = [self._triton.InferRequestedOutput(name) for name in wanted]
+        result = self._reloading_retried(lambda: self.client.infer(self.model, [image], outputs=outputs, **kwargs))
+        got = {name: result.as_numpy(name) for name in wanted}
+
+        def text(name: str, i: int) -> str | None:
+            return got[name][i].reshape(-1)[0].decode() if name in got else None
+
+        return [PhotoEmbedding(text("status", i) or "", text("detail", i) or "", got["embedding"][i],
+                               got["bbox"][i], got["landmarks"][i], float(got["det_score"][i, 0]),
+                               int(got["faces"][i, 0]) if "faces" in got else None,
+                               got["crop"][i] if "crop" in got else None,
+                               text("model_sha256", i), text("model_version", i))
+                for i in range(len(photos))]
+
+    def _reloading_retried(self, call: Callable[[], Any]) -> Any:
+        """``call()``, again while Triton reloads the model: a served version switch rewrites ``config.pbtxt``
+        and Triton (poll mode) reloads the model, unavailable for a moment; a swap must not fail the requests
+        made meanwhile. Other errors, and one lasting past ``reload_wait_s``, are raised as they are."""
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.monotonic() + self.reload_wait_s
+        while True:
+            try:
+                return call()
+            except InferenceServerException as exc:
+                reloading = any(sign in str(exc) for sign in _RELOADING)
+                if not reloading or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def verify(self, a: bytes, b: bytes, far: float = 1e-4) -> dict[str, Any]:
         """Same person? The cosine of the two faces against the served threshold at ``far``."""

@@ -49,6 +49,7 @@ class PhotoFace:
     bbox: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))  # x1 y1 x2 y2, photo pixels
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros(10, np.float32))  # 5 x (x, y)
     score: float = 0.0
+    faces: int = 0  # faces the detector found above its threshold (the main one is answered for)
 
 
 class PhotoFaces:
@@ -66,12 +67,13 @@ class PhotoFaces:
         except ImageRejected as exc:
             return PhotoFace("bad_image", f"{exc.reason}: {exc.detail}")
         height, width = rgb.shape[:2]
-        face = pick_main_face(self.detector.detect(rgb), width, height, s.centre_weight)
+        found = self.detector.detect(rgb)
+        face = pick_main_face(found, width, height, s.centre_weight)
         if face is None:
             return PhotoFace("no_face", f"{name}: no face above score {s.score_threshold}")
         try:
             crop, _ = align_face(rgb, face.landmarks.astype(np.float64), s.image_size)
         except ValueError as exc:
-            return PhotoFace("align_failed", f"{name}: {exc}", bbox=face.bbox, score=face.score)
+            return PhotoFace("align_failed", f"{name}: {exc}", bbox=face.bbox, score=face.score, faces=len(found))
         return PhotoFace("ok", "", crop, face.bbox.astype(np.float32), face.landmarks.reshape(-1).astype(np.float32),
-                         face.score)
+                         face.score, len(found))

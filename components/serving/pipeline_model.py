@@ -41,6 +41,10 @@ class TritonPythonModel:
         self.faces = PhotoFaces(os.path.join(version_dir, "detector.onnx"), PhotoSettings(**spec["photo"]))
         self.embedder = spec["embedder"]
         self.embedding_size = int(spec["embedder"]["embedding_size"])
+        self.image_size = int(spec["photo"]["image_size"])
+        # Which model embedded each answer, so a gallery never compares templates across versions.
+        embedder = spec["embedder"]
+        self.model = [embedder["sha256"].encode(), str(embedder.get("mlflow_model_version") or "").encode()]
 
     def _face(self, photo, name):
         """The photo's face; anything the photo code did not foresee is this photo's status, not the batch's."""
@@ -80,6 +84,7 @@ class TritonPythonModel:
         responses = []
         for faces in per_request:
             zeros = np.zeros(self.embedding_size, np.float32)
+            blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
             outputs = {
                 "embedding": np.stack([next(embedded) if f.status == "ok" else zeros for f in faces]),
                 "bbox": np.stack([f.bbox for f in faces]).astype(np.float32),
@@ -87,6 +92,10 @@ class TritonPythonModel:
                 "det_score": np.array([[f.score] for f in faces], np.float32),
                 "status": np.array([[f.status.encode()] for f in faces], dtype=np.object_),
                 "detail": np.array([[f.detail.encode()] for f in faces], dtype=np.object_),
+                "faces": np.array([[f.faces] for f in faces], np.int32),
+                "crop": np.stack([f.crop if f.status == "ok" else blank for f in faces]),
+                "model_sha256": np.array([[self.model[0]] for _ in faces], dtype=np.object_),
+                "model_version": np.array([[self.model[1]] for _ in faces], dtype=np.object_),
             }
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]))

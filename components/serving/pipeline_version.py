@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # the photo code (OpenCV, ONNX Runtime) runs inside Triton, n
 
 PIPELINE_MODEL = Path(__file__).with_name("pipeline_model.py")
 SHIPPED_MODULES = ("components.serving.photo", "components.align.model_input")  # what PIPELINE_MODEL imports
-_STRING_OUTPUTS = ("status", "detail")
+_STRING_OUTPUTS = ("status", "detail", "model_sha256", "model_version")
 
 
 @dataclass(frozen=True)
@@ -76,18 +76,24 @@ def _embedder_facts(store: Store, embedder: str, version: int) -> dict[str, obje
     manifest = read_manifest(store, embedder, version)
     config = parse(version_config(store, embedder, manifest), f"{store.url}/{embedder}/{version}/{MANIFEST}")
     return {"model": embedder, "version": version, "sha256": manifest["sha256"]["model.onnx"],
+            "mlflow_model_version": manifest.get("lineage", {}).get("mlflow_model_version"),
             "input": config.input[0].name, "output": config.output[0].name,
             "embedding_size": int(config.output[0].dims[-1]), "max_batch_size": int(config.max_batch_size) or 1}
 
 
 def pipeline_config(spec: PipelineSpec, versions: list[int], embedding_size: int, lineage: Lineage) -> str:
-    """``config.pbtxt`` of the photo-in model: contract names ``image`` in, the face and its embedding out."""
+    """``config.pbtxt`` of the photo-in model: contract names ``image`` in, the face and its embedding out;
+    besides, the number of faces found, the aligned crop (a gallery keeps it to re-embed without the photo)
+    and which embedder answered (``model_sha256``, ``model_version``: the MLflow version, empty if none)."""
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=spec.max_batch_size)
     config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
     for name, dims in (("embedding", [embedding_size]), ("bbox", [4]), ("landmarks", [10]), ("det_score", [1])):
         config.output.add(name=name, data_type=mc.TYPE_FP32, dims=dims)
     for name in _STRING_OUTPUTS:
         config.output.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="faces", data_type=mc.TYPE_INT32, dims=[1])
+    size = spec.photo.image_size
+    config.output.add(name="crop", data_type=mc.TYPE_UINT8, dims=[size, size, 3])
     config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instance_count)
     config.version_policy.specific.versions.extend(versions)

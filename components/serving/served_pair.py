@@ -1,13 +1,15 @@
 """One serving repository as a promotion sees it: the embedder and, when configured, its photo-in model.
 
 Promotion (flows/promotion.py) asks a repository four things: what it serves now, whether it already holds a
-model, to publish one without serving it, and to switch to a version. The repository's rules (versions only
+model, to publish one without serving it, and to switch to a version; a rollback also asks for an earlier
+version and its model file (to re-embed a gallery with it). The repository's rules (versions only
 grow, a manifest marks a version complete, the pair moves together) stay in repository.py and
 pipeline_version.py; this class is the one door promotion and rollback go through.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from components.serving.repository import (
     rollback_target,
     served_manifest,
 )
-from components.serving.store import Store
+from components.serving.store import Store, StoreError
 from components.serving.triton_config import ServingOptions
 
 
@@ -61,6 +63,17 @@ class ServedPair:
         """``to``, else the complete version before the one served now (what a rollback serves)."""
         return rollback_target(self.store, self.embedder, to)
 
-    def mlflow_version(self, version: int) -> str | None:
-        """The MLflow version repository version ``version`` was published from (None for unregistered ones)."""
-        return read_manifest(self.store, self.embedder, version).get("lineage", {}).get("mlflow_model_version")
+    def model(self, version: int) -> tuple[str, str | None]:
+        """(model.onnx SHA-256, MLflow version or None) of repository version ``version``."""
+        manifest = read_manifest(self.store, self.embedder, version)
+        return manifest["sha256"]["model.onnx"], manifest.get("lineage", {}).get("mlflow_model_version")
+
+    def model_file(self, version: int, into: Path) -> Path:
+        """Repository version ``version``'s ``model.onnx`` copied to ``into``, checked against its manifest."""
+        expected = self.model(version)[0]
+        data = self.store.read(f"{self.embedder}/{version}/model.onnx")
+        if data is None or hashlib.sha256(data).hexdigest() != expected:
+            raise StoreError(f"{self.url}/{self.embedder}/{version}/model.onnx: missing or not the published file")
+        path = Path(into) / f"{self.embedder}-{version}.onnx"
+        path.write_bytes(data)
+        return path

@@ -1,0 +1,113 @@
+"""The gallery's tables: one schema for the embedded default (SQLite, one file) and a team's PostgreSQL.
+
+SQLAlchemy Core (already installed with MLflow) speaks both, so the gallery's queries are written once; the URL
+decides (``sqlite:///gallery/gallery.db``, ``postgresql+psycopg://user@host/db``). docs/gallery.md.
+
+- ``gallery_faces``: one row per enrolled face: identity, the SHA-256 of the photo it came from and of its
+  aligned crop (the crop itself is in the crop store: re-embedding never needs the photo).
+- ``gallery_templates``: one embedding per face and model version; every row names the identity, the model
+  version and its ``model_sha256``. The key (face, model_sha256) makes a re-embedding that is rerun after a
+  crash add nothing twice.
+- ``gallery_versions``: the model versions the gallery holds templates of: ``building`` while a migration
+  fills them, ``ready`` after; ``active`` is the one new faces are enrolled with.
+- ``gallery_state``: a generation counter every write moves, so a searcher knows when to reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+metadata = MetaData()
+
+faces = Table(
+    "gallery_faces", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("identity", String(256), nullable=False, index=True),
+    Column("photo_sha256", String(64), nullable=False),
+    Column("crop_sha256", String(64), nullable=False),
+    Column("enrolled_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("photo_sha256", name="one_identity_per_photo"),
+)
+
+templates = Table(
+    "gallery_templates", metadata,
+    Column("face_id", Integer, ForeignKey("gallery_faces.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_sha256", String(64), primary_key=True, index=True),
+    Column("model_version", String(64), nullable=False),
+    Column("identity", String(256), nullable=False),
+    Column("embedding", LargeBinary, nullable=False),  # float32, L2-normalised, native byte order
+)
+
+versions = Table(
+    "gallery_versions", metadata,
+    Column("model_sha256", String(64), primary_key=True),
+    Column("model_version", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # building | ready
+    Column("active", Boolean, nullable=False, default=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+state = Table(
+    "gallery_state", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+
+def open_database(url: str) -> Engine:
+    """An engine with the tables in place. A SQLite file's folder is created; SQLite gets foreign keys (the
+    cascade from a face to its templates), WAL (identify keeps reading while a migration writes) and a busy
+    timeout (a CLI enrol next to the service waits instead of failing)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        if connection.execute(state.select().where(state.c.key == "generation")).first() is None:
+            connection.execute(state.insert().values(key="generation", value=0))
+    return engine
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """One transaction that also moves the generation counter (searchers reload on the next request)."""
+    with engine.begin() as connection:
+        yield connection
+        connection.execute(update(state).where(state.c.key == "generation").values(value=state.c.value + 1))
+
+
+def generation(connection: Connection) -> int:
+    return int(connection.execute(state.select().where(state.c.key == "generation")).one().value)

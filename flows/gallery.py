@@ -1,0 +1,57 @@
+"""The gallery's side of serving: which gallery, and its re-embedding before a model version answers.
+
+A promotion (flows/promotion.py) and a rollback call :func:`prepare` before they switch the served model
+and activate the version in the gallery after, so no identify request meets a probe version whose templates
+are not complete, and new faces enrol with the version that is served. docs/gallery.md, "Model swaps".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from tqdm import tqdm
+
+from components.gallery.gallery import Gallery, ModelId
+from pipelines.params import Params
+
+
+def database_url(params: Params) -> str:
+    """``FACEFORGE_GALLERY_DATABASE`` (a team's PostgreSQL, password included) wins over ``gallery.database``."""
+    return os.environ.get("FACEFORGE_GALLERY_DATABASE") or params.gallery.database
+
+
+def crops_url(params: Params) -> str:
+    return os.environ.get("FACEFORGE_GALLERY_CROPS") or params.gallery.crops
+
+
+def open_gallery(params: Params) -> Gallery:
+    return Gallery(database_url(params), crops_url(params), params.gallery.keep_versions)
+
+
+def gallery_in_use(params: Params) -> Gallery | None:
+    """The gallery, or None while the embedded default was never created (nobody enrolled): a promotion then
+    has nothing to re-embed and creates no file."""
+    url = make_url(database_url(params))
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        return None
+    return open_gallery(params)
+
+
+def prepare(gallery: Gallery, model: ModelId, model_file: Callable[[], Path], batch: int) -> dict[str, Any]:
+    """Every enrolled face gets a template of ``model`` from its stored crop (``model_file`` is fetched only
+    when some face needs one); a rerun after a crash adds only what is missing."""
+    from components.gallery.reembed import CropEmbedder
+
+    if not gallery.needs_migration(model):
+        return {"model": model.json(), "re_embedded": 0}
+    embedder = CropEmbedder(model_file())
+    with tqdm(desc=f"re-embed gallery for {model.label}", unit="face", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return gallery.migrate(model, embedder, batch, progress)

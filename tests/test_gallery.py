@@ -1,0 +1,353 @@
+"""[O] The gallery: people enrolled through the served photo-in model, kept comparable across model swaps.
+
+One registry (MLflow on SQLite) with two registered versions of different embedders, a serving folder the
+promotion writes, and a real Triton polling it: enrol, identify, verify, list and remove through the CLI; bad
+photos change nothing; a promotion re-embeds the gallery before the new version answers, with identify
+requests in flight; a rollback brings the old templates back; a migration killed halfway finishes on a rerun.
+The same gallery code then runs against Debian's PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from components.gallery.database import faces, templates
+from components.gallery.gallery import Gallery, GalleryError, ModelId
+from components.gallery.reembed import CropEmbedder
+from components.io.checksums import sha256_file
+from components.serving.client import FaceClient
+from components.serving.lineage import Lineage
+from components.serving.triton_server import TritonServer, free_port
+from faceforge.cli import app
+from flows.promotion import serve_champion
+from flows.record import register_model
+from flows.serving import rollback_serving
+from pipelines.params import Params, load_params
+from tests.bad_inputs import jpeg_bytes
+
+NAME = "faceforge-embedder"
+THRESHOLDS = {"far_1e-4": {"cosine": 0.5, "impostor_pairs": 20000, "impostors_above": 2}}
+
+
+def _embedder(path: Path, seed: int) -> Path:
+    """A small real backbone (random weights, batch-norm statistics from real faces), exported to ONNX."""
+    import torch
+
+    from components.export import export_onnx
+    from components.models import get_model
+    from components.recordio.dataset import FaceRecordDataset
+    from components.training.batchnorm import recalibrate_batchnorm
+    from tests.training_data import write_tiny_faces
+
+    packed = write_tiny_faces(path.parent / f"packed{seed}", classes=3, per_class=6)
+    torch.manual_seed(seed)
+    model = get_model("mbf", 128)
+    recalibrate_batchnorm(model, FaceRecordDataset(packed, random_flip=False), samples=18, batch_size=6)
+    export_onnx(model, path)
+    return path
+
+
+def _register(params: Params, model: Path) -> str:
+    lineage = Lineage(model_sha256=sha256_file(model), thresholds=THRESHOLDS)
+    with mlflow.start_run():
+        return register_model(params, model, lineage, {"status": "pass", "passed": True, "reasons": []})
+
+
+def _approve(version: str) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
+
+
+@pytest.fixture(scope="module")
+def workspace(sample_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Version 1 served by a real Triton polling the serving folder; version 2 registered, not approved."""
+    root = tmp_path_factory.mktemp("gallery")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in ("FACEFORGE_SERVING_REPOSITORY", "FACEFORGE_GALLERY_DATABASE", "FACEFORGE_GALLERY_CROPS"):
+            mp.delenv(name, raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().create_experiment(
+            "faceforge", artifact_location=(root / "artifacts").as_uri()))
+        shutil.copy(Path(__file__).parents[1] / "params.yaml", root / "params.yaml")
+        params = load_params(root / "params.yaml", ["publish.backend=python"])
+        models = [_embedder(root / "a.onnx", 0), _embedder(root / "b.onnx", 1)]
+        versions = [_register(params, m) for m in models]
+        _approve(versions[0])
+        serving = root / "serving"
+        serve_champion(params, [str(serving)])
+        with TritonServer(serving, model_control="poll") as server:
+            yield {"root": root, "params": params, "server": server, "models": models, "versions": versions,
+                   "serving": serving, "photos": sorted(p for p in sample_raw.rglob("*") if p.is_file())}
+
+
+def _cli(ws: dict[str, Any], *args: str) -> Any:
+    return CliRunner().invoke(app, ["gallery", "--url", ws["server"].grpc_url, *args])
+
+
+def _people(ws: dict[str, Any]) -> dict[str, list[Path]]:
+    """Each sample identity's photos that show only them (some sample photos have a bystander: enrolment
+    refuses those, as it should)."""
+    if "people" not in ws:
+        faces = FaceClient(ws["server"].grpc_url).embed([p.read_bytes() for p in ws["photos"]])
+        ws["people"] = {}
+        for photo, face in zip(ws["photos"], faces, strict=True):
+            if face.status == "ok" and face.faces == 1:
+                ws["people"].setdefault(photo.parent.name, []).append(photo)
+    return ws["people"]
+
+
+def _gallery_state(root: Path) -> tuple[str, list[str]]:
+    """What a failed request must leave alone: the listing and every stored crop."""
+    listing = json.dumps(Gallery("sqlite:///gallery/gallery.db", "gallery/crops").list(), sort_keys=True)
+    return listing, sorted(p.name for p in (root / "gallery" / "crops").rglob("*.png"))
+
+
+def test_enrol_identify_verify_list_remove_through_the_served_model(workspace: dict[str, Any]) -> None:
+    ws, root = workspace, workspace["root"]
+    people = _people(ws)
+    alice, bob, carol = sorted(people)[:3]
+    for person in (alice, bob):
+        done = _cli(ws, "enrol", person, *map(str, people[person][:3]), "--json")
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.output)["enrolled"] == 3
+    again = json.loads(_cli(ws, "enrol", alice, str(people[alice][0]), "--json").output)
+    assert again == {"identity": alice, "enrolled": 0, "already_enrolled": 1,
+                     "template_version": {"version": ws["versions"][0], "sha256": sha256_file(ws["models"][0])}}
+
+    listed = json.loads(_cli(ws, "list", "--json").output)
+    assert [(i["identity"], i["faces"]) for i in listed["identities"]] == [(alice, 3), (bob, 3)]
+    assert [(v["model_version"], v["state"], v["active"], v["templates"]) for v in listed["versions"]] == \
+        [(ws["versions"][0], "ready", True, 6)]
+
+    # an enrolled photo is its own best match; the answer names both versions, and they are the served one
+    answer = json.loads(_cli(ws, "identify", str(people[bob][1]), "--top-k", "2", "--json").output)
+    served = {"version": ws["versions"][0], "sha256": sha256_file(ws["models"][0])}
+    assert answer["probe_version"] == answer["template_version"] == served
+    assert [m["identity"] for m in answer["matches"]] == [bob, alice] and answer["matches"][0]["score"] > 0.999
+    assert answer["threshold"] == 0.5 and answer["identity"] == bob
+    same = _cli(ws, "verify", alice, str(people[alice][0]))
+    assert same.exit_code == 0 and same.output.startswith(f"{people[alice][0]}: same {alice}"), same.output
+    assert json.loads(_cli(ws, "verify", bob, str(people[alice][0]), "--json").output)["score"] < 0.999
+
+    # every template row names identity, model version and checksum; the stored crop re-embeds to the template
+    gallery = Gallery("sqlite:///gallery/gallery.db", "gallery/crops")
+    with gallery.engine.connect() as connection:
+        rows = connection.execute(select(templates)).all()
+        crops = dict(connection.execute(select(faces.c.id, faces.c.crop_sha256)).all())
+    assert {(r.identity, r.model_version, r.model_sha256) for r in rows} == \
+        {(p, ws["versions"][0], served["sha256"]) for p in (alice, bob)}
+    embed = CropEmbedder(ws["models"][0])
+    for row in rows:
+        crop = gallery.crops.get(crops[row.face_id])
+        assert crop.shape == (112, 112, 3)
+        np.testing.assert_allclose(embed(crop[None])[0], np.frombuffer(row.embedding, np.float32), atol=2e-5)
+
+    # bad requests: one line each, nothing changed
+    before = _gallery_state(root)
+    pair = [cv2.resize(cv2.imread(str(p)), (160, 200)) for p in (people[carol][0], people[alice][0])]
+    (root / "two.jpg").write_bytes(jpeg_bytes(np.ascontiguousarray(np.hstack(pair)[:, :, ::-1])))
+    (root / "blank.jpg").write_bytes(jpeg_bytes(np.full((120, 120, 3), 128, np.uint8)))
+    (root / "corrupt.jpg").write_bytes(people[carol][0].read_bytes()[:300])
+    for photo, says in (("two.jpg", "2 faces found"), ("blank.jpg", "no_face"), ("corrupt.jpg", "bad_image")):
+        refused = _cli(ws, "enrol", carol, str(people[carol][2]), str(root / photo))
+        assert refused.exit_code == 1 and says in refused.output and "nothing enrolled" in refused.output, \
+            refused.output
+        assert len(refused.output.strip().splitlines()) == 1
+    taken = _cli(ws, "enrol", carol, str(people[alice][0]))
+    assert taken.exit_code == 1 and f"already enrolled as '{alice}'" in taken.output
+    unknown = _cli(ws, "remove", "nobody")
+    assert unknown.exit_code == 1 and "no such identity" in unknown.output
+    missing = _cli(ws, "identify", str(root / "nope.jpg"))
+    assert missing.exit_code == 1 and "nope.jpg: photo not found" in missing.output
+    assert _gallery_state(root) == before
+
+    gone = json.loads(_cli(ws, "remove", bob, "--json").output)
+    assert gone == {"identity": bob, "faces_removed": 3, "templates_removed": 3}
+    assert [i["identity"] for i in json.loads(_cli(ws, "list", "--json").output)["identities"]] == [alice]
+    assert len(_gallery_state(root)[1]) == 3
+
+
+def test_probes_of_a_version_without_templates_are_refused_naming_both(workspace: dict[str, Any]) -> None:
+    gallery = Gallery("sqlite:///gallery/gallery.db", "gallery/crops")
+    other = ModelId("f" * 64, "9")
+    with pytest.raises(GalleryError, match=r"embedded by version 9 \(sha256 ffffffffffff\).*holds templates of "
+                                           rf"version {workspace['versions'][0]} "):
+        gallery.templates_of(other)
+
+
+def test_a_swap_re_embeds_first_and_identify_answers_throughout(workspace: dict[str, Any]) -> None:
+    """Approve version 2: the promotion re-embeds every face, publishes, switches; identify requests sent
+    all along succeed, each answered by one version with templates of that same version."""
+    ws, params = workspace, workspace["params"]
+    people = _people(ws)
+    alice, carol = sorted(people)[0], sorted(people)[2]
+    if not Gallery("sqlite:///gallery/gallery.db", "gallery/crops").list():
+        assert _cli(ws, "enrol", alice, *map(str, people[alice][:3])).exit_code == 0
+    client = FaceClient(ws["server"].grpc_url)
+    gallery = Gallery("sqlite:///gallery/gallery.db", "gallery/crops")
+    answers: list[dict[str, Any]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(gallery.identify("probe", people[alice][0].read_bytes(), client, 1, 0.5))
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    try:
+        time.sleep(1)
+        _approve(ws["versions"][1])
+        result = serve_champion(params, [str(ws["serving"])])
+        assert result["gallery"]["re_embedded"] == 3 and result["gallery"]["active"]["version"] == ws["versions"][1]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not answers or answers[-1]["probe_version"]["version"]
+                                                != ws["versions"][1]):
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        asking.join()
+    assert not failures, failures[:3]
+    seen = [a["probe_version"]["version"] for a in answers]
+    assert seen[0] == ws["versions"][0] and seen[-1] == ws["versions"][1], seen
+    assert all(a["probe_version"] == a["template_version"] and a["identity"] == alice for a in answers)
+    kept = {v["model_version"]: (v["state"], v["active"]) for v in gallery.versions()}
+    assert kept == {ws["versions"][0]: ("ready", False), ws["versions"][1]: ("ready", True)}
+
+    # enrolled after the swap: version 2 only; a rollback re-embeds it for version 1 before serving version 1
+    assert _cli(ws, "enrol", carol, str(people[carol][0])).exit_code == 0
+    back = rollback_serving(params, repository=str(ws["serving"]))
+    assert back["gallery"]["re_embedded"] == 1 and back["gallery"]["active"]["version"] == ws["versions"][0]
+    client = FaceClient(ws["server"].grpc_url)
+    answer = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = gallery.identify("probe", people[carol][0].read_bytes(), client, 1, 0.5)
+        if answer["probe_version"]["version"] == ws["versions"][0]:
+            break
+        time.sleep(0.5)
+    assert answer is not None and answer["probe_version"]["version"] == ws["versions"][0]
+    assert answer["identity"] == carol
+
+
+MIGRATE = """
+import os, signal, sys
+from components.gallery.gallery import Gallery, ModelId
+from components.gallery.reembed import CropEmbedder
+
+database, crops, model, sha, crash_at = sys.argv[1:6]
+embed, calls = CropEmbedder(model), []
+
+def embedding(batch):
+    calls.append(1)
+    if len(calls) == int(crash_at):
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-migration: no cleanup of any kind
+    return embed(batch)
+
+print(Gallery(database, crops).migrate(ModelId(sha, "7"), embedding, batch=2))
+"""
+
+
+def _migrate(database: str, crops: Path, model: Path, crash_at: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", MIGRATE, database, str(crops), str(model), sha256_file(model),
+                           str(crash_at)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])
+
+
+def _migration_killed_halfway(database: str, crops: Path, ws: dict[str, Any]) -> None:
+    """Seven faces enrolled; the migration to another model is killed in its third batch of two; enrol then
+    waits for it; the rerun adds exactly the rest, and every template is the one its crop embeds to."""
+    people = _people(ws)
+    gallery = Gallery(database, str(crops))
+    client = FaceClient(ws["server"].grpc_url)
+    for person in sorted(people)[3:5]:
+        gallery.enrol(person, [(str(p), p.read_bytes()) for p in people[person][:3]], client)
+    lone = people[sorted(people)[5]][0]
+    gallery.enrol(sorted(people)[5], [(str(lone), lone.read_bytes())], client)
+    model = ws["models"][0]  # any ONNX file other than the one the faces were enrolled with
+    served = gallery.active()
+    target = ModelId(sha256_file(model), "7")
+    if served is not None and served.sha256 == target.sha256:
+        model = ws["models"][1]
+        target = ModelId(sha256_file(model), "7")
+
+    killed = _migrate(database, crops, model, crash_at=3)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = {v["model_sha256"]: (v["state"], v["templates"]) for v in gallery.versions()}
+    assert state[target.sha256] == ("building", 4)  # two committed batches, the third lost whole
+    with pytest.raises(GalleryError, match="re-embedding its faces for version 7"):
+        late = people[sorted(people)[6]][0]
+        gallery.enrol("late", [(str(late), late.read_bytes())], client)
+
+    finished = _migrate(database, crops, model, crash_at=0)
+    assert finished.returncode == 0 and "'re_embedded': 3" in finished.stdout, finished.stderr[-2000:]
+    with gallery.engine.connect() as connection:
+        rows = connection.execute(select(templates).where(templates.c.model_sha256 == target.sha256)).all()
+        crop_of = dict(connection.execute(select(faces.c.id, faces.c.crop_sha256)).all())
+    assert sorted(r.face_id for r in rows) == sorted(crop_of)  # every face once, none twice
+    embed = CropEmbedder(model)
+    for row in rows:
+        np.testing.assert_allclose(np.frombuffer(row.embedding, np.float32),
+                                   embed(gallery.crops.get(crop_of[row.face_id])[None])[0], atol=1e-6)
+    assert {v["model_sha256"]: v["state"] for v in gallery.versions()}[target.sha256] == "ready"
+
+
+def test_a_migration_killed_halfway_finishes_on_a_rerun_sqlite(workspace: dict[str, Any], tmp_path: Path) -> None:
+    _migration_killed_halfway(f"sqlite:///{tmp_path / 'gallery.db'}", tmp_path / "crops", workspace)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's PostgreSQL on 127.0.0.1 with a password, as a team runs it."""
+    from tests.servers import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql; .ci/run installs it)")
+    server, url = postgres_server(free_port(), "gallery-secret", tmp_path_factory.mktemp("postgres-logs"))
+    with server:
+        yield url
+
+
+def test_the_same_gallery_in_postgresql(workspace: dict[str, Any], postgres: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The team's database: the migration crash and rerun, then the CLI enrols and identifies through it with
+    the URL (password included) given the way a team gives it, in FACEFORGE_GALLERY_DATABASE."""
+    _migration_killed_halfway(postgres, tmp_path / "crops", workspace)
+    gallery = Gallery(postgres, str(tmp_path / "crops"))
+    assert len(gallery.list()) == 3
+
+    monkeypatch.setenv("FACEFORGE_GALLERY_DATABASE", postgres.replace("/gallery", "/postgres"))
+    monkeypatch.setenv("FACEFORGE_GALLERY_CROPS", str(tmp_path / "team-crops"))
+    people = _people(workspace)
+    person = sorted(people)[7]
+    assert _cli(workspace, "enrol", person, str(people[person][0])).exit_code == 0
+    answer = json.loads(_cli(workspace, "identify", str(people[person][0]), "--json").output)
+    assert answer["identity"] == person and answer["probe_version"] == answer["template_version"]
+    assert os.listdir(tmp_path / "team-crops" / "crops")
+    monkeypatch.setenv("FACEFORGE_GALLERY_DATABASE", postgres.replace("gallery-secret", "wrong"))
+    refused = _cli(workspace, "list")
+    assert refused.exit_code != 0 and "gallery-secret" not in refused.output and "***" in refused.output, \
+        refused.output

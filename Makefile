@@ -41,6 +41,8 @@ bench: setup
 	$(UV) run --frozen python -m bench.pretrained   # from scratch vs SFace imported / fine-tuned / distilled
 	$(UV) run --frozen python -m bench.warm_retrain   # warm retrain after new identities vs from scratch
 	$(UV) run --frozen python -m bench.triton_serving
+	$(UV) run --frozen python -m bench.gallery_identify   # identify latency at 10^4 / 10^5 / 10^6 templates (~15 min)
+	$(UV) run --frozen python -m bench.gallery_reembed   # re-embedding 10^5 enrolled faces vs bare ONNX Runtime
 	$(UV) run --frozen python -m bench.photo_serving     # photo-in model: load (1/8/32) + 3-minute soak
 	$(UV) run --frozen python -m bench.train_gpu   # measures only where CUDA is present
 	$(UV) run --frozen python -m bench.train_gpu_vs_arcface   # idem; arcface_torch's column with $$ARCFACE_TORCH

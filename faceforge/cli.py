@@ -13,6 +13,7 @@ import typer
 
 from faceforge.gallery_cli import gallery_app
 from faceforge.reporting import read_photos, report_errors, transient_errors
+from faceforge.triton_options import ModelOpt, ProtocolOpt, UrlOpt, triton_target
 from flows.dvc_stages import TRANSIENT_EXIT  # the exit code the retrain flow retries
 from pipelines.params import load_params
 
@@ -363,15 +364,9 @@ app.add_typer(gallery_app, name="gallery")
 
 
 @client_app.callback()
-def client_options(
-    ctx: typer.Context,
-    url: Annotated[str, typer.Option(help="Triton's gRPC (default) or HTTP address")] = "127.0.0.1:8001",
-    protocol: Annotated[str, typer.Option(help="grpc | http")] = "grpc",
-    model: Annotated[str, typer.Option(help="the photo-in model's name")] = "faceforge-pipeline",
-) -> None:
-    if protocol not in ("grpc", "http"):
-        raise typer.BadParameter(f"--protocol {protocol}: use grpc or http")
-    ctx.obj = {"url": url, "protocol": protocol, "model": model}
+def client_options(ctx: typer.Context, url: UrlOpt = "127.0.0.1:8001", protocol: ProtocolOpt = "grpc",
+                   model: ModelOpt = "faceforge-pipeline") -> None:
+    ctx.obj = triton_target(url, protocol, model)
 
 
 def _client_call(ctx: typer.Context, command: str, call: Callable[[Any], Any]) -> None:

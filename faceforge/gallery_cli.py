@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from faceforge.reporting import read_photos, report_errors
+from faceforge.triton_options import ModelOpt, ProtocolOpt, UrlOpt, triton_target
 from pipelines.params import load_params
 
 gallery_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -23,16 +24,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of the
 
 
 @gallery_app.callback()
-def gallery_options(
-    ctx: typer.Context,
-    url: Annotated[str, typer.Option(help="Triton's gRPC (default) or HTTP address")] = "127.0.0.1:8001",
-    protocol: Annotated[str, typer.Option(help="grpc | http")] = "grpc",
-    model: Annotated[str, typer.Option(help="the photo-in model's name")] = "faceforge-pipeline",
-    params: Annotated[Path, typer.Option("--params", help="params file (gallery.*)")] = Path("params.yaml"),
-) -> None:
-    if protocol not in ("grpc", "http"):
-        raise typer.BadParameter(f"--protocol {protocol}: use grpc or http")
-    ctx.obj = {"url": url, "protocol": protocol, "model": model, "params": params}
+def gallery_options(ctx: typer.Context, url: UrlOpt = "127.0.0.1:8001", protocol: ProtocolOpt = "grpc",
+                    model: ModelOpt = "faceforge-pipeline",
+                    params: Annotated[Path, typer.Option("--params", help="params file (gallery.*)")] = Path(
+                        "params.yaml")) -> None:
+    ctx.obj = triton_target(url, protocol, model) | {"params": params}
 
 
 def _run(ctx: typer.Context, command: str, call: Callable[[Any, Any, Any], Any],
@@ -141,3 +137,48 @@ def verify(ctx: typer.Context, identity: Annotated[str, typer.Argument(help="the
         f"{r['probe']}: {'same' if r['same'] else 'not'} {r['identity']} (score {r['score']:.3f}, threshold "
         f"{r['threshold']}; probe {_version(r, 'probe_version')}, templates {_version(r, 'template_version')})"),
         as_json)
+
+
+@gallery_app.command("serve")
+def serve(ctx: typer.Context,
+          host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 only behind accounts)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="HTTP port")] = 8010) -> None:
+    """The gallery over HTTP (components/gallery/service.py lists the endpoints) until Ctrl-C; accounts from
+    FACEFORGE_GALLERY_ENROLLER_* and FACEFORGE_GALLERY_READER_* (without any, everyone may do everything)."""
+    import uvicorn
+
+    from components.gallery.service import create_app
+    from components.serving.client import FaceClient
+    from flows.gallery import open_gallery, service_accounts
+
+    def action() -> dict[str, Any]:
+        params = load_params(ctx.obj["params"])
+        accounts = service_accounts()
+        if host not in ("127.0.0.1", "localhost", "::1") and not accounts:
+            raise ValueError(f"--host {host}: set gallery accounts (FACEFORGE_GALLERY_ENROLLER_PASSWORD, "
+                             "FACEFORGE_GALLERY_READER_PASSWORD) before serving beyond this machine")
+        client = FaceClient(ctx.obj["url"], ctx.obj["protocol"], ctx.obj["model"])
+        app = create_app(open_gallery(params), client, _served_threshold(client, params.gallery.far),
+                         params.gallery.top_k, accounts)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return {"stopped": f"http://{host}:{port}"}
+
+    report_errors("gallery serve", action)
+
+
+def _served_threshold(client: Any, far: float, every_s: float = 5.0) -> Callable[[], float | None]:
+    """The served threshold at ``far``, read from Triton again at most every ``every_s`` seconds: it changes
+    when a promotion switches the served version."""
+    import time
+
+    from components.evaluation.roc import rate_key
+
+    cached: dict[str, Any] = {"at": -every_s, "value": None}
+
+    def threshold() -> float | None:
+        if time.monotonic() - cached["at"] >= every_s:
+            client.refresh()
+            cached.update(at=time.monotonic(), value=client.thresholds().get(rate_key("far", far)))
+        return cached["value"]
+
+    return threshold

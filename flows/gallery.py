@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from components.gallery.gallery import Gallery, ModelId
+from flows.accounts import secret
 from pipelines.params import Params
+
+if TYPE_CHECKING:  # FastAPI is loaded by the service only, not by every promotion
+    from components.gallery.service import ServiceAccount
 
 
 def database_url(params: Params) -> str:
@@ -29,7 +33,22 @@ def crops_url(params: Params) -> str:
 
 
 def open_gallery(params: Params) -> Gallery:
-    return Gallery(database_url(params), crops_url(params), params.gallery.keep_versions)
+    return Gallery(database_url(params), crops_url(params), params.gallery.keep_versions,
+                   params.gallery.index_from)
+
+
+def service_accounts() -> list[ServiceAccount]:
+    """The gallery service's accounts from the environment: ``FACEFORGE_GALLERY_<ROLE>_USERNAME`` (default
+    ``faceforge-<role>``) and ``..._PASSWORD`` or ``..._PASSWORD_FILE`` (a secret file), as the MLflow accounts."""
+    from components.gallery.service import ROLES, ServiceAccount
+
+    found = []
+    for role in ROLES:
+        prefix = f"FACEFORGE_GALLERY_{role.upper()}"
+        password = secret(f"{prefix}_PASSWORD")
+        if password:
+            found.append(ServiceAccount(role, os.environ.get(f"{prefix}_USERNAME", f"faceforge-{role}"), password))
+    return found
 
 
 def gallery_in_use(params: Params) -> Gallery | None:

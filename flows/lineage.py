@@ -75,6 +75,8 @@ def describe(client: Any, params: Params, ref: str, repositories: list[str]) -> 
             "refused": json.loads(version.tags["serving.refused"]) if "serving.refused" in version.tags else None,
             "forced": version.tags.get("promote.forced") == "true", "force_reason": version.tags.get("promote.reason"),
         },
+        "compatibility": {k.removeprefix("compatibility."): v for k, v in sorted(version.tags.items())
+                          if k.startswith("compatibility.")} or None,
         "served": where_served(repositories, params.publish.model_name, str(version.version)),
         "prefect_flow_run": (f"{prefect_ui}/runs/flow-run/{lineage.prefect_flow_run_id}"
                              if prefect_ui and lineage.prefect_flow_run_id else lineage.prefect_flow_run_id),
@@ -111,6 +113,9 @@ def render_text(record: dict[str, Any]) -> str:
              f"  Prefect flow run  {record['prefect_flow_run'] or '-'}",
              f"  gate              {lineage['gate_status'] or 'no verdict'}"
              + "".join(f"\n                    - {r}" for r in lineage["gate_reasons"])]
+    compatibility = record.get("compatibility") or {}
+    lines.append(f"  compatibility     {compatibility.get('verdict', 'not measured')}"
+                 + (f" (measured against v{compatibility['with']})" if compatibility.get("with") else ""))
     if approval["forced"]:
         lines.append(f"  forced            yes: {approval['force_reason']}")
     if approval["refused"]:

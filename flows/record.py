@@ -27,6 +27,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from components.io.checksums import sha256_file
 from components.io.nested import flatten
 from components.serving.lineage import Lineage, describe_origin
+from flows.compatibility import compatibility_markdown, compatibility_tags
 from flows.tracking import TAG_LIMIT, report_metrics, training_curve
 from flows.warm_start import lineage_tags
 from pipelines.common import REPORTS
@@ -48,8 +49,10 @@ logging.getLogger("mlflow.utils.environment").addFilter(_NoPipVersionNotice())
 
 
 def gate_tags(gate: dict[str, Any]) -> dict[str, str]:
-    """The verdict as the run and the model version both carry it (``gate.status`` / ``gate.reasons``)."""
-    return {"gate.status": gate["status"], "gate.reasons": "; ".join(gate["reasons"])[:TAG_LIMIT]}
+    """The verdict as the run and the model version both carry it (``gate.status`` / ``gate.reasons``), and the
+    compatibility with the champion measured next to it (``compatibility.*``, flows/compatibility.py)."""
+    return {"gate.status": gate["status"], "gate.reasons": "; ".join(gate["reasons"])[:TAG_LIMIT]} | \
+        compatibility_tags(gate.get("compatibility"), TAG_LIMIT)
 
 
 def log_params(params: Params) -> None:
@@ -121,6 +124,7 @@ def model_card(params: Params, lineage: Lineage, metrics: dict[str, float], gate
               and ("tar_at_far" in k or "accuracy" in k or "cosine" in k or "rank" in k)]
     lines += ["", f"## Promotion gate: {gate['status'].upper()}", ""]
     lines += [f"- {r}" for r in gate["reasons"]] or ["All checks passed."]
+    lines += ["", *compatibility_markdown(gate.get("compatibility"))]
     lines += ["", "## Intended use and limits", "",
               "Face verification and identification on aligned faces. Accuracy holds only for faces like the "
               "training set; check the evaluation sets above before serving a population they do not cover."]

@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.accounts import use_account
+from flows.compatibility import measure as measure_compatibility
 from flows.dvc_stages import StageFailed, needed_stages, reproduce
 from flows.gate_cli import run_gate
 from flows.lock import locked_workspace
@@ -107,6 +108,8 @@ def _record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, A
     _close_abandoned_runs(experiment.experiment_id, flow_run_id)
     champion_version, champion = champion_metrics(uri, params.mlflow.registered_model, params.mlflow.champion_alias)
     verdict = run_gate(params, champion)
+    # a fact for the gallery's migration, not a check: docs/gallery.md, "Compatibility"
+    verdict["compatibility"] = measure_compatibility(params, mlflow.MlflowClient(), champion_version)
     lock_text, lock_sha = lock_record()
     # A version that may be approved must be rebuildable elsewhere: its outputs go to the DVC remote, and what
     # git must hold (dvc.lock, metrics, params) to a commit of its own on faceforge/runs/<flow run>.

@@ -357,6 +357,8 @@ class GalleryParams(_Section):
     far: float = Field(1e-4, gt=0, lt=1, description="the served threshold at this false-accept rate decides "
                        "identify and verify")
     top_k: int = Field(5, ge=1, description="identities listed per identify answer")
+    index_from: int = Field(200_000, ge=1, description="templates of one version from which search uses an "
+                            "IVF-SQ8 index (FAISS) instead of the exact scan (docs/gallery.md, bench/gallery_identify)")
     keep_versions: int = Field(2, ge=1, description="model versions whose templates are kept (the active one and "
                                "the ones a rollback may serve again)")
     reembed_batch: int = Field(256, ge=1, description="crops embedded and committed together by a migration")

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import yaml
 
 from flows.server_process import prefect_server
 from tests.conftest import reset_moto
-from tests.servers import TeamSecrets, mlflow_server, prefect_worker, server_env, wait_for
+from tests.servers import TeamSecrets, mlflow_server, postgres_server, prefect_worker, server_env, wait_for
 
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
@@ -135,7 +136,7 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     moto.start()
     reset_moto(s3_env["AWS_ENDPOINT_URL"])
-    for bucket in ("mlflow", "models", "dvc"):
+    for bucket in ("mlflow", "models", "dvc", "gallery"):
         boto3.client("s3").create_bucket(Bucket=bucket)
     # The team's DVC remote, committed with the code (credentials stay in the environment).
     subprocess.run([str(Path(sys.executable).parent / "faceforge"), "remote", DVC_REMOTE], cwd=project, check=True,
@@ -145,12 +146,17 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     api = f"http://127.0.0.1:{prefect_port}/api"
     tracking = f"http://127.0.0.1:{mlflow_port}"
     # the worker's environment: no MLflow account of its own, the two flows' passwords (flows/accounts.py)
+    # the team's gallery: Debian's PostgreSQL (as compose's postgres service) and crops on S3
+    gallery_password = secrets.token_hex(8)
+    postgres, gallery_url = postgres_server(free_port(), gallery_password, logs)
     worker_env = server_env(**s3_env, **team.role_passwords(), PREFECT_API_URL=api,
                             PREFECT_API_AUTH_STRING=team.prefect_auth_string, MLFLOW_TRACKING_URI=tracking,
                             FACEFORGE_WORKSPACE=str(project), FACEFORGE_SERVING_REPOSITORY=REPOSITORY,
-                            PREFECT_HOME=str(logs / "prefect-client"))
+                            PREFECT_HOME=str(logs / "prefect-client"), FACEFORGE_GALLERY_DATABASE=gallery_url,
+                            FACEFORGE_GALLERY_CROPS="s3://gallery/crops")
     env = {k: v for k, v in worker_env.items() if not k.startswith("FACEFORGE_MLFLOW_")} | team.as_admin()
     servers = {
+        "postgres": postgres,
         "mlflow": mlflow_server(f"sqlite:///{logs / 'mlflow.db'}", "s3://mlflow/artifacts", mlflow_port, env, logs,
                                 team),
         "prefect": prefect_server(logs / "prefect-home", prefect_port, logs, auth_string=team.prefect_auth_string),
@@ -169,7 +175,7 @@ def stack(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
             assert done.returncode == 0, done.stdout + done.stderr
         servers["worker"] = prefect_worker(POOL, api, worker_env, logs, cwd=logs).start()
         yield {"project": project, "env": env, "api": api, "tracking": tracking, "servers": servers, "logs": logs,
-               "team": team}
+               "team": team, "gallery_password": gallery_password}
     finally:
         for server in reversed(list(servers.values())):
             server.stop()
@@ -281,6 +287,22 @@ def _photo_in_answers(server: Any, store: Any, project: Path, embedder_version: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # 12 min beside the other worker on 2 cores (15-24 min alone before); 600 s is for one stage
+def _gallery(stack: dict[str, Any], triton: Any, *args: str) -> str:
+    """``faceforge gallery`` as a team member runs it: the team's database and crop store from the environment."""
+    done = subprocess.run([str(Path(sys.executable).parent / "faceforge"), "gallery", "--url", triton.grpc_url,
+                           *args], cwd=stack["project"], env=stack["env"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _identified(stack: dict[str, Any], triton: Any, photo: str) -> tuple[str, str]:
+    """(best match, model version) of ``faceforge gallery identify``, which must name one version for both."""
+    answer = json.loads(_gallery(stack, triton, "identify", photo, "--json"))
+    assert answer["probe_version"] == answer["template_version"], answer
+    return answer["matches"][0]["identity"], answer["probe_version"]["version"]
+
+
 def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str, Any], tmp_path: Path) -> None:
     from components.evaluation.embedders import to_input
     from components.export.faces import sample_faces
@@ -344,6 +366,18 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     expected_v1 = _reference(stack, "1", faces, tmp_path)
     with TritonServer(REPOSITORY, model_control="poll", poll_s=2) as triton:  # polls the S3 repository
         wait_for(lambda: _triton_answers(triton, "1", faces, expected_v1), 120, "Triton answering version 1")
+        # Enrol two people in the team's gallery (PostgreSQL, crops on S3) through the served model.
+        import pandas as pd
+
+        found = pd.read_parquet(project / "data" / "detect" / "detections.parquet").query("status == 'ok'")
+        photos = {who: sorted(project / "data" / "raw" / p for p in group.path)
+                  for who, group in found.groupby(found.path.str.split("/").str[0])}
+        people = sorted(photos)[:2]
+        for person in people:
+            _gallery(stack, triton, "enrol", person, *map(str, photos[person][:2]))
+        probe = str(photos[people[0]][0])  # an enrolled photo: its own template is the best match, whatever
+        # the version's accuracy (v1 trained 6 steps at lr 1e-6); the versions named are what is tested here
+        assert _identified(stack, triton, probe) == (people[0], "1")
 
         # 3. Retrain with the real learning rate. The MLflow server dies while the model trains.
         _edit_yaml(project / "params.yaml", BETTER)
@@ -372,6 +406,9 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         assert (lr["old"], lr["new"]) == (1e-06, 0.05)
         assert v2.tags["prefect.flow_run_id"] == second_run["id"] and v2.tags["model_sha256"] != v1.tags[
             "model_sha256"]
+        # measured against the champion before anyone approves it: a fact the gallery's migration acts on
+        assert v2.tags["compatibility.with"] == "1" and v2.tags["compatibility.verdict"] in (
+            "compatible with v1", "re-embedding required"), v2.tags
 
         # 4. Approve version 2: served and answered; then move the alias back: version 1 again, no upload.
         expected_v2 = _reference(stack, "2", faces, tmp_path)
@@ -379,9 +416,16 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         approved = _set_champion(stack, "2")
         wait_for(lambda: _triton_answers(triton, "2", faces, expected_v2), 180, "Triton answering version 2")
         latencies["v2 answered by Triton"] = time.monotonic() - approved
+        # The watcher re-embedded the gallery before switching: the same person, probe and templates of v2.
+        wait_for(lambda: _identified(stack, triton, probe)[1] == "2", 60, "the photo-in model answering with v2")
+        assert _identified(stack, triton, probe) == (people[0], "2")
         approved = _set_champion(stack, "1")
         wait_for(lambda: _triton_answers(triton, "1", faces, expected_v1), 180, "Triton answering version 1 again")
         latencies["v1 answered again by Triton"] = time.monotonic() - approved
+        wait_for(lambda: _identified(stack, triton, probe)[1] == "1", 60, "the photo-in model answering with v1")
+        assert _identified(stack, triton, probe) == (people[0], "1")  # v1's templates were kept
+        kept = json.loads(_gallery(stack, triton, "list", "--json"))["versions"]
+        assert {(v["model_version"], v["active"], v["templates"]) for v in kept} == {("1", True, 4), ("2", False, 4)}
         assert complete_versions(store, NAME) == [1, 2] and served(store, NAME) == [1]
         # The photo-in model moved with the embedder, both ways, and answers photos with version 1 again.
         wait_for(lambda: _photo_in_answers(triton, store, project, 1, next((tmp_path / "1").rglob("model.onnx"))),
@@ -403,7 +447,8 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     assert record["served"] == [{"repository": REPOSITORY, "repository_version": 1, "served_now": True,
                                  "sha256": v1.tags["model_sha256"]}]
     assert record["approval"]["last_served"]["served_versions"] == {REPOSITORY: 1}
-    secrets_seen = [s for s in stack["team"].all() if s in shown.stdout + stack["servers"]["worker"].tail(10_000_000)]
+    secrets_seen = [s for s in [*stack["team"].all(), stack["gallery_password"]]
+                    if s in shown.stdout + stack["servers"]["worker"].tail(10_000_000)]
     assert not secrets_seen, "a credential reached the lineage or the worker's output"
 
     # 6. Experiments on the team's checkout at the last run's commit: one in the workspace, one queued; each sees

@@ -158,3 +158,30 @@ def test_eval_people_must_be_unseen(tmp_path: Path) -> None:
         load_params(params, ["data.sample_identities=36"])
     with pytest.raises(ParamsError, match=r"eval\.fars\.0: Input should be greater than 0"):
         load_params(params, ["eval.fars=[0.0, 0.1]"])
+
+
+def test_cross_version_compatibility_follows_bcts_criterion(eval_sets: Path) -> None:
+    """New probes against old templates: a model that keeps the old space (old + small noise) meets BCT's
+    criterion; the same geometry in another basis (a rotation: new-new as good as old-old) does not; other
+    embedding sizes are not comparable at all."""
+    from components.evaluation.compatibility import cross_version
+    from components.evaluation.ijbc import IjbcOptions
+
+    meta = read_ijbc_meta(eval_sets / "ijbc_mini")
+    subject_of = {int(t): int(s) for templates, subjects in [*meta.galleries.values(), meta.probes]
+                  for t, s in zip(templates, subjects, strict=True)}
+    rng = np.random.default_rng(0)
+    centres = {s: rng.standard_normal(64) for s in set(subject_of.values())}
+    old = np.stack([centres[subject_of[int(t)]] + 1.2 * rng.standard_normal(64) for t in meta.templates])
+    old = old.astype(np.float32)
+    options = IjbcOptions(detector_score=False)
+    close = cross_version(meta, (old + 0.05 * rng.standard_normal(old.shape)).astype(np.float32), old, options)
+    rotation = np.linalg.qr(rng.standard_normal((64, 64)))[0].astype(np.float32)
+    rotated = cross_version(meta, old @ rotation, old, options)
+    assert close["comparable"] and close["bct"], close
+    assert rotated["comparable"] and not rotated["bct"], rotated
+    for pair in ("old_old", "new_new"):  # a rotation keeps every distance: only the cross scores break
+        assert rotated[pair] == pytest.approx(rotated["old_old"], abs=1e-4)
+    assert rotated["new_old"]["tar_at_far_1e-1"] < 0.5 * rotated["old_old"]["tar_at_far_1e-1"]
+    assert cross_version(meta, old[:, :32], old, options) == {
+        "comparable": False, "bct": False, "reason": "embedding sizes differ (32 new, 64 old)"}

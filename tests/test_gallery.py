@@ -37,6 +37,7 @@ from components.serving.triton_server import TritonServer, free_port
 from faceforge.cli import app
 from flows.promotion import serve_champion
 from flows.record import register_model
+from flows.server_process import ServerProcess, answers
 from flows.serving import rollback_serving
 from pipelines.params import Params, load_params
 from tests.bad_inputs import jpeg_bytes
@@ -194,6 +195,51 @@ def test_probes_of_a_version_without_templates_are_refused_naming_both(workspace
         gallery.templates_of(other)
 
 
+def test_the_gallery_service_over_http_with_accounts(workspace: dict[str, Any]) -> None:
+    """`faceforge gallery serve` as a team runs it: an enroller may enrol and remove, a reader only identify
+    and verify, nobody without an account anything; refusals are one line and change nothing."""
+    import base64
+
+    import httpx
+
+    from tests.servers import BIN, server_env
+
+    ws, root = workspace, workspace["root"]
+    people = _people(ws)
+    dave = sorted(people)[3]
+    port = free_port()
+    env = server_env(FACEFORGE_GALLERY_ENROLLER_PASSWORD="enrol-secret",
+                     FACEFORGE_GALLERY_READER_PASSWORD="read-secret")
+    base = f"http://127.0.0.1:{port}"
+    service = ServerProcess("gallery service", [str(BIN / "faceforge"), "gallery", "--url", ws["server"].grpc_url,
+                                                "serve", "--port", str(port)], env, root / "gallery-service.log",
+                            answers(f"{base}/healthz"), cwd=root)
+    enroller, reader = ("faceforge-enroller", "enrol-secret"), ("faceforge-reader", "read-secret")
+    photos = {"photos": [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()}
+                         for p in people[dave][:2]]}
+    with service, httpx.Client(base_url=base, timeout=60) as http:
+        assert http.get("/v1/identities").status_code == 401
+        assert http.post(f"/v1/identities/{dave}", json=photos, auth=("faceforge-reader", "wrong")).status_code == 401
+        refused = http.post(f"/v1/identities/{dave}", json=photos, auth=reader)
+        assert refused.status_code == 403 and "may identify and verify, not enrol" in refused.json()["error"]
+        before = _gallery_state(root)
+        bad = http.post(f"/v1/identities/{dave}", auth=enroller,
+                        json={"photos": [*photos["photos"], {"name": "x.jpg", "data": "bm90IGEgcGhvdG8="}]})
+        assert bad.status_code == 400 and bad.json()["error"].startswith("x.jpg: bad_image")
+        assert http.delete("/v1/identities/nobody", auth=enroller).status_code == 404
+        assert _gallery_state(root) == before
+
+        enrolled = http.post(f"/v1/identities/{dave}", json=photos, auth=enroller)
+        assert enrolled.status_code == 200 and enrolled.json()["enrolled"] == 2, enrolled.text
+        answer = http.post("/v1/identify?top_k=1", content=people[dave][0].read_bytes(), auth=reader).json()
+        assert answer["identity"] == dave and answer["probe_version"] == answer["template_version"]
+        same = http.post(f"/v1/verify/{dave}", content=people[dave][1].read_bytes(), auth=reader).json()
+        assert same["same"] is True and same["threshold"] == 0.5
+        assert dave in [i["identity"] for i in http.get("/v1/identities", auth=reader).json()]
+        assert http.delete(f"/v1/identities/{dave}", auth=reader).status_code == 403
+        assert http.delete(f"/v1/identities/{dave}", auth=enroller).json()["faces_removed"] == 2
+
+
 def test_a_swap_re_embeds_first_and_identify_answers_throughout(workspace: dict[str, Any]) -> None:
     """Approve version 2: the promotion re-embeds every face, publishes, switches; identify requests sent
     all along succeed, each answered by one version with templates of that same version."""
@@ -251,6 +297,14 @@ def test_a_swap_re_embeds_first_and_identify_answers_throughout(workspace: dict[
         time.sleep(0.5)
     assert answer is not None and answer["probe_version"]["version"] == ws["versions"][0]
     assert answer["identity"] == carol
+
+    # a promotion that died after the switch, before the gallery enrolled with the new version: the next run
+    # (the watcher's next poll) finishes it, with nothing to upload or re-embed
+    gallery.activate(ModelId(sha256_file(ws["models"][1]), ws["versions"][1]))
+    finished = serve_champion(params, [str(ws["serving"])])
+    assert [r["action"] for r in finished["repositories"]] == ["already_served"]
+    assert finished["gallery"]["re_embedded"] == 0 and finished["gallery"]["active"]["version"] == ws["versions"][0]
+    assert serve_champion(params, [str(ws["serving"])]).get("gallery") is None  # and then nothing at all
 
 
 MIGRATE = """
@@ -351,3 +405,62 @@ def test_the_same_gallery_in_postgresql(workspace: dict[str, Any], postgres: str
     refused = _cli(workspace, "list")
     assert refused.exit_code != 0 and "gallery-secret" not in refused.output and "***" in refused.output, \
         refused.output
+
+
+def test_search_is_exact_and_the_index_of_a_large_gallery_agrees(tmp_path: Path) -> None:
+    """The exact search returns the true top identities (best template per identity, against brute force);
+    a gallery past ``index_from`` loads into the IVF-SQ8 index chunk by chunk, which finds the same top-1."""
+    from bench.gallery_identify import synthetic_templates, write_gallery
+    from components.gallery.search import IndexedTemplates, Templates
+
+    matrix, owner, probes, _ = synthetic_templates(4000, dim=64, seed=1)
+    names = [f"person{i:07d}" for i in owner]
+    exact = Templates.build([row.tobytes() for row in matrix], names, 64)
+    for probe in probes[::10]:
+        best = np.full(owner.max() + 1, -np.inf)
+        np.maximum.at(best, owner, matrix @ probe)
+        expected = [(f"person{i:07d}", best[i]) for i in np.argsort(-best)[:3]]
+        found = exact.top(probe, 3)
+        assert [i for i, _ in found] == [i for i, _ in expected]
+        np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-5)
+
+    np.save(tmp_path / "templates.npy", matrix)
+    np.save(tmp_path / "owner.npy", owner)
+    write_gallery(tmp_path, "a" * 64)
+    gallery = Gallery(f"sqlite:///{tmp_path / 'gallery.db'}", str(tmp_path / "crops"), index_from=1000)
+    indexed = gallery.templates_of(ModelId("a" * 64, "1"))
+    assert isinstance(indexed, IndexedTemplates) and len(indexed) == 4000
+    agree = [indexed.top(p, 1)[0][0] == exact.top(p, 1)[0][0] for p in probes[:400]]  # enrolled people's
+    assert np.mean(agree) >= 0.99
+    for probe in probes[:20]:
+        identity, score = exact.top(probe, 1)[0]
+        assert abs(indexed.best_of(identity, probe) - score) < 0.02
+
+
+def test_compatibility_with_the_champion_is_measured_for_every_candidate(workspace: dict[str, Any],
+                                                                         eval_sets: Path) -> None:
+    """The record step's measurement: the champion's own file is compatible with itself; an independently
+    trained model is not ("re-embedding required", with the figures); both reach the tags and the model card."""
+    from flows.compatibility import compatibility_markdown, compatibility_tags, measure
+
+    ws = workspace
+    champion = ws["versions"][0]
+    base = ["publish.backend=python", f"eval.ijbc_root={eval_sets / 'ijbc_mini'}", "eval.ijbc_hard_root=null"]
+    client = mlflow.MlflowClient()
+    same = measure(load_params(ws["root"] / "params.yaml", [*base, f"publish.model={ws['models'][0]}"]), client,
+                   champion)
+    assert same["compatible"] is True and same["verdict"] == f"compatible with v{champion}", same
+    assert same["sets"]["ijbc"]["new_old"] == same["sets"]["ijbc"]["old_old"]
+    other = measure(load_params(ws["root"] / "params.yaml", [*base, f"publish.model={ws['models'][1]}"]), client,
+                    champion)
+    assert other["compatible"] is False and other["verdict"] == "re-embedding required", other
+    assert other["reasons"] and other["with_sha256"] == sha256_file(ws["models"][0])
+    assert json.loads((ws["root"] / "reports" / "compatibility.json").read_text()) == other
+    tags = compatibility_tags(other, 5000)
+    assert tags["compatibility.with"] == champion and tags["compatibility.verdict"] == "re-embedding required"
+    far = other["sets"]["ijbc"]["bct_far"]
+    key = f"compatibility.ijbc.new_old.tar_at_far_{far:.0e}".replace("e-0", "e-")
+    assert float(tags[key]) < float(tags[key.replace("new_old", "old_old")])
+    card = "\n".join(compatibility_markdown(other))
+    assert "**re-embedding required**" in card and "| ijbc | new probe, old template |" in card
+    assert measure(ws["params"], client, None)["verdict"] == "no champion yet: nothing to be compatible with"

@@ -22,7 +22,7 @@ def _env_example() -> dict[str, str]:
 def test_services_and_every_variable_is_defined() -> None:
     compose = _compose()
     assert set(compose["services"]) == {"postgres", "minio", "buckets", "mlflow", "mlflow-accounts",
-                                        "prefect-server", "prefect-deploy", "prefect-worker", "triton"}
+                                        "prefect-server", "prefect-deploy", "prefect-worker", "triton", "gallery"}
     text = (INFRA / "compose.yaml").read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)\}", text))
     assert used <= set(_env_example()), used - set(_env_example())
@@ -58,6 +58,13 @@ def test_wiring_mlflow_prefect_triton() -> None:
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "uv sync --frozen" in (INFRA / "worker" / "Dockerfile").read_text()
     assert "CREATE DATABASE mlflow" in (INFRA / "postgres" / "init.sql").read_text()
+    # the gallery: the same PostgreSQL and MinIO for the watcher (it re-embeds) and the service (it answers)
+    assert "CREATE DATABASE gallery" in (INFRA / "postgres" / "init.sql").read_text()
+    gallery = services["gallery"]
+    assert gallery["command"].startswith("faceforge gallery --url triton:8001 serve")
+    for key in ("FACEFORGE_GALLERY_DATABASE", "FACEFORGE_GALLERY_CROPS"):
+        assert gallery["environment"][key] == worker[key]
+    assert worker["FACEFORGE_GALLERY_DATABASE"].startswith("postgresql+psycopg://")
 
 
 def test_prefect_deployments_point_at_real_flows_on_the_workers_pool() -> None:

@@ -83,9 +83,10 @@ def _blocks(features: Features) -> Iterator[tuple[int, np.ndarray]]:
             yield start, features[start:start + BLOCK_ROWS]
 
 
-def _template_features(meta: IjbcMeta, features: Features, options: IjbcOptions,
+def template_features(meta: IjbcMeta, features: Features, options: IjbcOptions,
                        source: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """One pass over the image features: finiteness, per-image weights, pooling."""
+    """One pass over the image features: finiteness, per-image weights, pooling; (template ids, L2-normalised
+    template features in the order of ``meta.template_ids``)."""
     list_file = meta.meta_path("name_5pts_score.txt").name
     pooler = TemplatePooler(meta.templates, meta.medias, features.shape[1])
     for start, block in _blocks(features):
@@ -111,7 +112,7 @@ def evaluate_ijbc(meta: IjbcMeta, features: Features, options: IjbcOptions = Ijb
     check_features(features, meta, source)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    template_ids, template_feats = _template_features(meta, features, options, source)
+    template_ids, template_feats = template_features(meta, features, options, source)
     timings["pool_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -30,7 +30,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 
 from components.gallery.crops import CropStore
 from components.gallery.database import faces, generation, open_database, templates, versions, writing
-from components.gallery.search import Templates
+from components.gallery.search import IndexedTemplates, Templates
 from components.serving.client import PhotoEmbedding
 
 
@@ -64,6 +64,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _matrix(blobs: Sequence[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), -1)
+
+
 def _probe_model(face: PhotoEmbedding, what: str) -> ModelId:
     if not face.model_sha256:
         raise GalleryError(f"{what}: the served photo-in model does not say which embedder answered (published "
@@ -72,11 +76,13 @@ def _probe_model(face: PhotoEmbedding, what: str) -> ModelId:
 
 
 class Gallery:
-    def __init__(self, database_url: str, crops_url: str, keep_versions: int = 2) -> None:
+    def __init__(self, database_url: str, crops_url: str, keep_versions: int = 2,
+                 index_from: int = 200_000) -> None:
         self.engine = open_database(database_url)
         self.crops = CropStore(crops_url)
-        self.keep_versions = keep_versions
-        self._loaded: dict[str, tuple[int, Templates]] = {}  # model sha256 -> (generation, templates)
+        self.keep_versions, self.index_from = keep_versions, index_from
+        # model sha256 -> (generation, templates)
+        self._loaded: dict[str, tuple[int, Templates | IndexedTemplates]] = {}
 
     # -- versions ------------------------------------------------------------------------------------------
     def versions(self) -> list[dict[str, Any]]:
@@ -185,7 +191,7 @@ class Gallery:
                 for identity, n in counts]
 
     # -- identify, verify ----------------------------------------------------------------------------------
-    def templates_of(self, model: ModelId) -> Templates:
+    def templates_of(self, model: ModelId) -> Templates | IndexedTemplates:
         """The version's templates, reloaded only when the gallery changed since the last load."""
         with self.engine.connect() as connection:
             now = generation(connection)
@@ -200,13 +206,44 @@ class Gallery:
                 raise GalleryError(f"the probe was embedded by {model.label}, whose gallery template set {why}; "
                                    f"the gallery holds templates of {', '.join(held) or 'no version'}: comparing "
                                    "across versions would give meaningless scores")
-            result = connection.execute(select(templates.c.identity, templates.c.embedding)
-                                        .where(templates.c.model_sha256 == model.sha256)
-                                        .order_by(templates.c.face_id)).all()
-        dim = len(result[0].embedding) // 4 if result else 0
-        loaded = Templates.build([r.embedding for r in result], [r.identity for r in result], dim)
+            loaded = self._load(connection, model.sha256)
         self._loaded[model.sha256] = (now, loaded)
         return loaded
+
+    @staticmethod
+    def _trained_index(connection: Any, mine: Any, count: int) -> tuple[IndexedTemplates, int]:
+        """An empty index trained on a random sample of the version's templates (its own function, so the
+        sample is freed before the templates are added: the peak memory of a 10^6 gallery's load)."""
+        sample = _matrix(connection.execute(select(templates.c.embedding).where(mine).order_by(func.random())
+                                            .limit(min(count, 64_000))).scalars().all())
+        return IndexedTemplates.train(sample, count), sample.shape[1]
+
+    def _load(self, connection: Any, sha256: str) -> Templates | IndexedTemplates:
+        """Exact below ``index_from`` templates; above, an index built chunk by chunk from the database."""
+        mine = templates.c.model_sha256 == sha256
+        count = connection.execute(select(func.count()).select_from(templates).where(mine)).scalar_one()
+        rows = select(templates.c.embedding, templates.c.identity, templates.c.face_id).where(mine) \
+            .order_by(templates.c.face_id)
+        if count < self.index_from:
+            result = connection.execute(rows).all()
+            dim = len(result[0].embedding) // 4 if result else 0
+            return Templates.build([r.embedding for r in result], [r.identity for r in result], dim)
+        index, dim = self._trained_index(connection, mine, count)
+        zero = bytes(4 * dim)
+
+        def chunks() -> Any:
+            for part in connection.execution_options(yield_per=20_000).execute(rows).partitions():
+                yield _matrix([r.embedding for r in part]), [r.identity for r in part], [r.face_id for r in part]
+
+        def exact(face_ids: np.ndarray) -> np.ndarray:
+            wanted = [int(i) for i in face_ids]
+            with self.engine.connect() as reading:
+                found = dict(reading.execute(select(templates.c.face_id, templates.c.embedding)
+                                             .where(mine, templates.c.face_id.in_(wanted))).all())
+            # a face removed since the index was built scores 0 until the next request reloads (generation)
+            return _matrix([found.get(i, zero) for i in wanted])
+
+        return index.add(chunks(), exact)
 
     def _probe(self, name: str, data: bytes, embedder: PhotoEmbedder) -> tuple[PhotoEmbedding, ModelId]:
         face = embedder.embed([data])[0]

@@ -78,6 +78,10 @@ class FaceClient:
                 self._config = self.client.get_model_config(self.model)
         return self._config
 
+    def refresh(self) -> None:
+        """Read the served config again on next use (a long-lived client after a version switch)."""
+        self._config = None
+
     def thresholds(self) -> dict[str, float | None]:
         """``{"far_1e-4": cosine or None}`` as the served version's evaluation measured them."""
         parameters = self.config().get("parameters", {})

@@ -139,6 +139,22 @@ def verify(ctx: typer.Context, identity: Annotated[str, typer.Argument(help="the
         as_json)
 
 
+@gallery_app.command("migrate")
+def migrate(ctx: typer.Context,
+            serving_repository: Annotated[str | None, typer.Option(
+                help="the repository whose served version the gallery follows (default "
+                     "FACEFORGE_SERVING_REPOSITORY, else publish.serving_repository)")] = None,
+            as_json: JsonOpt = False) -> None:
+    """Re-embed every enrolled face (from its stored crop) for the version a repository serves now, then enrol
+    with it: after the served model changed without a promotion (which does this by itself)."""
+    from flows.gallery import migrate_to_served
+
+    _run(ctx, "migrate", lambda gallery, _c, params: migrate_to_served(params, gallery, serving_repository),
+         lambda r: f"templates of {'v' + r['model']['version'] if r['model']['version'] else r['model']['sha256'][:12]}"
+                   f" ({r['re_embedded']} re-embedded) now enrol; served by {r['repository']} "
+                   f"v{r['repository_version']}", as_json)
+
+
 @gallery_app.command("serve")
 def serve(ctx: typer.Context,
           host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 only behind accounts)")] = "127.0.0.1",

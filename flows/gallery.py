@@ -74,3 +74,26 @@ def prepare(gallery: Gallery, model: ModelId, model_file: Callable[[], Path], ba
             bar.update(done - bar.n)
 
         return gallery.migrate(model, embedder, batch, progress)
+
+
+def migrate_to_served(params: Params, gallery: Gallery, repository: str | None = None) -> dict[str, Any]:
+    """``faceforge gallery migrate``: the gallery gets templates of the version a serving repository serves now
+    and enrols with it. For a served model that changed without a promotion (a candidate repository served by
+    hand, a repository restored from a backup); a promotion and a rollback do this themselves."""
+    import tempfile
+
+    from components.serving.served_pair import ServedPair
+    from components.serving.store import open_store
+    from flows.serving import serving_repositories
+    from pipelines.publish import pipeline_spec
+
+    url = serving_repositories(params, [repository] if repository else None)[0]
+    pair = ServedPair(open_store(url), params.publish.model_name, pipeline_spec(params))
+    served = pair.serving()[1]
+    if served is None:
+        raise ValueError(f"{url}: serves no version of {pair.embedder}: nothing to migrate the gallery to")
+    sha256, mlflow_version = pair.model(served)
+    model = ModelId(sha256, mlflow_version or "")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = prepare(gallery, model, lambda: pair.model_file(served, Path(tmp)), params.gallery.reembed_batch)
+    return {"repository": url, "repository_version": served} | done | gallery.activate(model)

@@ -307,6 +307,25 @@ def test_a_swap_re_embeds_first_and_identify_answers_throughout(workspace: dict[
     assert serve_champion(params, [str(ws["serving"])]).get("gallery") is None  # and then nothing at all
 
 
+def test_gallery_migrate_follows_the_version_a_repository_serves(workspace: dict[str, Any]) -> None:
+    """The served model changed without a promotion (a repository served by hand): enrolment says so and
+    names the command; `faceforge gallery migrate` re-embeds for the served version and enrols with it."""
+    ws = workspace
+    people = _people(ws)
+    someone = sorted(people)[4]
+    gallery = Gallery("sqlite:///gallery/gallery.db", "gallery/crops")
+    served = gallery.active()
+    assert served is not None
+    other = next(m for m in ws["models"] if sha256_file(m) != served.sha256)
+    gallery.activate(ModelId(sha256_file(other), ws["versions"][ws["models"].index(other)]))
+    refused = _cli(ws, "enrol", someone, str(people[someone][0]))
+    assert refused.exit_code == 1 and "faceforge gallery migrate" in refused.output, refused.output
+    done = _cli(ws, "migrate", "--serving-repository", str(ws["serving"]), "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["active"] == served.json()
+    assert _cli(ws, "enrol", someone, str(people[someone][0])).exit_code == 0
+
+
 MIGRATE = """
 import os, signal, sys
 from components.gallery.gallery import Gallery, ModelId

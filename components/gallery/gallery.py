@@ -292,6 +292,12 @@ class Gallery:
         """Give every face a template of ``model``, embedded from its stored crop; rerun after a crash, it adds
         only what is missing. ``embed_crops``: uint8 [N, S, S, 3] -> L2-normalised float32 [N, D]."""
         with writing(self.engine) as connection:
+            # one promotion at a time (the serving lock): another version still building was abandoned (its
+            # champion moved on), and would keep enrolment refused
+            abandoned = select(versions.c.model_sha256).where(versions.c.state == "building",
+                                                               versions.c.model_sha256 != model.sha256)
+            connection.execute(delete(templates).where(templates.c.model_sha256.in_(abandoned.scalar_subquery())))
+            connection.execute(delete(versions).where(versions.c.model_sha256.in_(abandoned.scalar_subquery())))
             row = connection.execute(select(versions).where(versions.c.model_sha256 == model.sha256)).first()
             if row is None:
                 connection.execute(insert(versions).values(model_sha256=model.sha256, model_version=model.version,

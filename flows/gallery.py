@@ -67,7 +67,13 @@ def prepare(gallery: Gallery, model: ModelId, model_file: Callable[[], Path], ba
 
     if not gallery.needs_migration(model):
         return {"model": model.json(), "re_embedded": 0}
-    embedder = CropEmbedder(model_file())
+    loaded: list[CropEmbedder] = []
+
+    def embedder(crops: Any) -> Any:  # an empty gallery marks the version ready without fetching the model
+        if not loaded:
+            loaded.append(CropEmbedder(model_file()))
+        return loaded[0](crops)
+
     with tqdm(desc=f"re-embed gallery for {model.label}", unit="face", disable=None) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -285,8 +285,6 @@ def _photo_in_answers(server: Any, store: Any, project: Path, embedder_version: 
     return loaded == [str(photo_in[0])] and np.abs(answer.embedding - expected / np.linalg.norm(expected)).max() <= 1e-5
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(2400)  # 12 min beside the other worker on 2 cores (15-24 min alone before); 600 s is for one stage
 def _gallery(stack: dict[str, Any], triton: Any, *args: str) -> str:
     """``faceforge gallery`` as a team member runs it: the team's database and crop store from the environment."""
     done = subprocess.run([str(Path(sys.executable).parent / "faceforge"), "gallery", "--url", triton.grpc_url,
@@ -303,6 +301,8 @@ def _identified(stack: dict[str, Any], triton: Any, photo: str) -> tuple[str, st
     return answer["matches"][0]["identity"], answer["probe_version"]["version"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # 12 min beside the other worker on 2 cores (15-24 min alone before); 600 s is for one stage
 def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str, Any], tmp_path: Path) -> None:
     from components.evaluation.embedders import to_input
     from components.export.faces import sample_faces

@@ -417,13 +417,13 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         wait_for(lambda: _triton_answers(triton, "2", faces, expected_v2), 180, "Triton answering version 2")
         latencies["v2 answered by Triton"] = time.monotonic() - approved
         # The watcher re-embedded the gallery before switching: the same person, probe and templates of v2.
-        wait_for(lambda: _identified(stack, triton, probe)[1] == "2", 60, "the photo-in model answering with v2")
-        assert _identified(stack, triton, probe) == (people[0], "2")
+        assert wait_for(lambda: (a := _identified(stack, triton, probe))[1] == "2" and a, 60,
+                        "the photo-in model answering with v2") == (people[0], "2")
         approved = _set_champion(stack, "1")
         wait_for(lambda: _triton_answers(triton, "1", faces, expected_v1), 180, "Triton answering version 1 again")
         latencies["v1 answered again by Triton"] = time.monotonic() - approved
-        wait_for(lambda: _identified(stack, triton, probe)[1] == "1", 60, "the photo-in model answering with v1")
-        assert _identified(stack, triton, probe) == (people[0], "1")  # v1's templates were kept
+        assert wait_for(lambda: (a := _identified(stack, triton, probe))[1] == "1" and a, 60,
+                        "the photo-in model answering with v1") == (people[0], "1")  # v1's templates were kept
         kept = json.loads(_gallery(stack, triton, "list", "--json"))["versions"]
         assert {(v["model_version"], v["active"], v["templates"]) for v in kept} == {("1", True, 4), ("2", False, 4)}
         assert complete_versions(store, NAME) == [1, 2] and served(store, NAME) == [1]

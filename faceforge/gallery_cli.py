@@ -66,8 +66,8 @@ def _threshold(client: Any, far: float) -> float | None:
     return client.thresholds().get(rate_key("far", far))
 
 
-def _version(answer: dict[str, Any], key: str) -> str:
-    model = answer[key]
+def _short(model: dict[str, str]) -> str:
+    """``v3``, or the checksum's start for a model with no MLflow version (``{"version", "sha256"}``)."""
     return f"v{model['version']}" if model["version"] else model["sha256"][:12]
 
 
@@ -80,7 +80,7 @@ def enrol(ctx: typer.Context, identity: Annotated[str, typer.Argument(help="the 
         return gallery.enrol(identity, list(zip(map(str, photos), read_photos(photos), strict=True)), client)
 
     _run(ctx, "enrol", call, lambda r: f"{r['identity']}: {r['enrolled']} face(s) enrolled, "
-         f"{r['already_enrolled']} already there (templates {_version(r, 'template_version')})", as_json)
+         f"{r['already_enrolled']} already there (templates {_short(r['template_version'])})", as_json)
 
 
 @gallery_app.command("remove")
@@ -97,7 +97,7 @@ def list_identities(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Enrolled identities, their faces and the model versions their templates exist for."""
     def show(report: dict[str, Any]) -> str:
         lines = [f"{i['identity']}: {i['faces']} face(s)" for i in report["identities"]]
-        lines += [f"templates of {'v' + v['model_version'] if v['model_version'] else v['model_sha256'][:12]}: "
+        lines += [f"templates of {_short({'version': v['model_version'], 'sha256': v['model_sha256']})}: "
                   f"{v['templates']} ({v['state']}{', active' if v['active'] else ''})" for v in report["versions"]]
         return "\n".join(lines) or "the gallery is empty"
 
@@ -117,8 +117,8 @@ def identify(ctx: typer.Context, photo: Annotated[Path, typer.Argument(help="the
     def show(r: dict[str, Any]) -> str:
         ranked = ", ".join(f"{m['identity']} {m['score']:.3f}" for m in r["matches"])
         verdict = r["identity"] or "unknown"
-        return (f"{r['probe']}: {verdict} (threshold {r['threshold']}; {ranked}; probe {_version(r, 'probe_version')}"
-                f", templates {_version(r, 'template_version')})")
+        return (f"{r['probe']}: {verdict} (threshold {r['threshold']}; {ranked}; probe {_short(r['probe_version'])}"
+                f", templates {_short(r['template_version'])})")
 
     _run(ctx, "identify", call, show, as_json)
 
@@ -135,7 +135,7 @@ def verify(ctx: typer.Context, identity: Annotated[str, typer.Argument(help="the
 
     _run(ctx, "verify", call, lambda r: (
         f"{r['probe']}: {'same' if r['same'] else 'not'} {r['identity']} (score {r['score']:.3f}, threshold "
-        f"{r['threshold']}; probe {_version(r, 'probe_version')}, templates {_version(r, 'template_version')})"),
+        f"{r['threshold']}; probe {_short(r['probe_version'])}, templates {_short(r['template_version'])})"),
         as_json)
 
 
@@ -150,7 +150,7 @@ def migrate(ctx: typer.Context,
     from flows.gallery import migrate_to_served
 
     _run(ctx, "migrate", lambda gallery, _c, params: migrate_to_served(params, gallery, serving_repository),
-         lambda r: f"templates of {'v' + r['model']['version'] if r['model']['version'] else r['model']['sha256'][:12]}"
+         lambda r: f"templates of {_short(r['model'])}"
                    f" ({r['re_embedded']} re-embedded) now enrol; served by {r['repository']} "
                    f"v{r['repository_version']}", as_json)
 

@@ -46,9 +46,10 @@ def secret(name: str) -> str | None:
     return Path(path).read_text().rstrip("\n") if path else None
 
 
-def account(role: str) -> Account | None:
-    """``role``'s account from the environment, or None when its password is not there."""
-    prefix = f"FACEFORGE_MLFLOW_{role.upper()}"
+def account(role: str, service: str = "mlflow") -> Account | None:
+    """``role``'s account of ``service`` (``mlflow``, or ``gallery``: flows/gallery.py) from the environment
+    (``FACEFORGE_<SERVICE>_<ROLE>_*``), or None when its password is not there."""
+    prefix = f"FACEFORGE_{service.upper()}_{role.upper()}"
     password = secret(f"{prefix}_PASSWORD")
     return Account(role, os.environ.get(f"{prefix}_USERNAME", f"faceforge-{role}"), password) if password else None
 

@@ -8,6 +8,7 @@ are not complete, and new faces enrol with the version that is served. docs/gall
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,8 @@ from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from components.gallery.gallery import Gallery, ModelId
-from flows.accounts import secret
+from components.serving.served_pair import ServedPair
+from flows.accounts import account
 from pipelines.params import Params
 
 if TYPE_CHECKING:  # FastAPI is loaded by the service only, not by every promotion
@@ -38,17 +40,13 @@ def open_gallery(params: Params) -> Gallery:
 
 
 def service_accounts() -> list[ServiceAccount]:
-    """The gallery service's accounts from the environment: ``FACEFORGE_GALLERY_<ROLE>_USERNAME`` (default
-    ``faceforge-<role>``) and ``..._PASSWORD`` or ``..._PASSWORD_FILE`` (a secret file), as the MLflow accounts."""
+    """The gallery service's accounts from the environment, as the MLflow ones (flows/accounts.account):
+    ``FACEFORGE_GALLERY_<ROLE>_USERNAME`` (default ``faceforge-<role>``) and ``..._PASSWORD`` or
+    ``..._PASSWORD_FILE`` (a secret file)."""
     from components.gallery.service import ROLES, ServiceAccount
 
-    found = []
-    for role in ROLES:
-        prefix = f"FACEFORGE_GALLERY_{role.upper()}"
-        password = secret(f"{prefix}_PASSWORD")
-        if password:
-            found.append(ServiceAccount(role, os.environ.get(f"{prefix}_USERNAME", f"faceforge-{role}"), password))
-    return found
+    return [ServiceAccount(found.role, found.username, found.password)
+            for found in (account(role, "gallery") for role in ROLES) if found is not None]
 
 
 def gallery_in_use(params: Params) -> Gallery | None:
@@ -82,13 +80,20 @@ def prepare(gallery: Gallery, model: ModelId, model_file: Callable[[], Path], ba
         return gallery.migrate(model, embedder, batch, progress)
 
 
+def prepare_repository_version(gallery: Gallery, pair: ServedPair, version: int, batch: int,
+                               ) -> tuple[ModelId, dict[str, Any]]:
+    """:func:`prepare` for repository version ``version`` of ``pair``, re-embedding (where needed) with the
+    repository's own model file (its manifest's SHA-256 checked): a rollback and ``faceforge gallery migrate``."""
+    sha256, mlflow_version = pair.model(version)
+    model = ModelId(sha256, mlflow_version or "")
+    with tempfile.TemporaryDirectory() as tmp:
+        return model, prepare(gallery, model, lambda: pair.model_file(version, Path(tmp)), batch)
+
+
 def migrate_to_served(params: Params, gallery: Gallery, repository: str | None = None) -> dict[str, Any]:
     """``faceforge gallery migrate``: the gallery gets templates of the version a serving repository serves now
     and enrols with it. For a served model that changed without a promotion (a candidate repository served by
     hand, a repository restored from a backup); a promotion and a rollback do this themselves."""
-    import tempfile
-
-    from components.serving.served_pair import ServedPair
     from components.serving.store import open_store
     from flows.serving import serving_repositories
     from pipelines.publish import pipeline_spec
@@ -98,8 +103,5 @@ def migrate_to_served(params: Params, gallery: Gallery, repository: str | None =
     served = pair.serving()[1]
     if served is None:
         raise ValueError(f"{url}: serves no version of {pair.embedder}: nothing to migrate the gallery to")
-    sha256, mlflow_version = pair.model(served)
-    model = ModelId(sha256, mlflow_version or "")
-    with tempfile.TemporaryDirectory() as tmp:
-        done = prepare(gallery, model, lambda: pair.model_file(served, Path(tmp)), params.gallery.reembed_batch)
+    model, done = prepare_repository_version(gallery, pair, served, params.gallery.reembed_batch)
     return {"repository": url, "repository_version": served} | done | gallery.activate(model)

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.gallery.gallery import ModelId
 from components.io.checksums import sha256_file
 from components.serving.integrity import HashCache
 from components.serving.pipeline_version import PipelineSpec
 from components.serving.served_pair import ServedPair
 from components.serving.store import Store, open_store
 from flows import tamper
-from flows.gallery import gallery_in_use, prepare
+from flows.gallery import gallery_in_use, prepare_repository_version
 from flows.lineage import registry_lineage
 from flows.tracking import TAG_LIMIT, check_reachable, tracking_uri
 from pipelines.params import Params
@@ -154,17 +153,14 @@ def rollback_serving(params: Params, to: int | None = None, repository: str | No
     chosen = serving_repositories(params, [repository] if repository else None)[0]
     pair = ServedPair(open_store(chosen), params.publish.model_name, pipeline_spec(params))
     version = pair.earlier(to)
-    sha256, model_version = pair.model(version)
-    model = ModelId(sha256, model_version or "")
     gallery = gallery_in_use(params) if pair.pipeline is not None else None
     result: dict[str, Any] = {"repository": chosen, "model_name": pair.embedder, "served_version": version}
-    with tempfile.TemporaryDirectory() as tmp:
-        if gallery is not None:
-            result["gallery"] = prepare(gallery, model, lambda: pair.model_file(version, Path(tmp)),
-                                        params.gallery.reembed_batch)
-        result["pipeline_version"] = pair.switch(version)
+    if gallery is not None:
+        model, result["gallery"] = prepare_repository_version(gallery, pair, version, params.gallery.reembed_batch)
+    result["pipeline_version"] = pair.switch(version)
     if gallery is not None:
         result["gallery"] |= gallery.activate(model)
+    model_version = pair.model(version)[1]
     if model_version:
         client = registry_client(params)
         client.set_registered_model_alias(params.mlflow.registered_model, params.mlflow.champion_alias,

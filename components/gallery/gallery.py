@@ -30,7 +30,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 
 from components.gallery.crops import CropStore
 from components.gallery.database import faces, generation, open_database, templates, versions, writing
-from components.gallery.search import IndexedTemplates, Templates
+from components.gallery.search import IndexedTemplates, Templates, embedding_matrix
 from components.serving.client import PhotoEmbedding
 
 
@@ -62,10 +62,6 @@ class ModelId:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _matrix(blobs: Sequence[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), -1)
 
 
 def _probe_model(face: PhotoEmbedding, what: str) -> ModelId:
@@ -214,7 +210,7 @@ class Gallery:
     def _trained_index(connection: Any, mine: Any, count: int) -> tuple[IndexedTemplates, int]:
         """An empty index trained on a random sample of the version's templates (its own function, so the
         sample is freed before the templates are added: the peak memory of a 10^6 gallery's load)."""
-        sample = _matrix(connection.execute(select(templates.c.embedding).where(mine).order_by(func.random())
+        sample = embedding_matrix(connection.execute(select(templates.c.embedding).where(mine).order_by(func.random())
                                             .limit(min(count, 64_000))).scalars().all())
         return IndexedTemplates.train(sample, count), sample.shape[1]
 
@@ -233,7 +229,8 @@ class Gallery:
 
         def chunks() -> Any:
             for part in connection.execution_options(yield_per=20_000).execute(rows).partitions():
-                yield _matrix([r.embedding for r in part]), [r.identity for r in part], [r.face_id for r in part]
+                yield (embedding_matrix([r.embedding for r in part]), [r.identity for r in part],
+                       [r.face_id for r in part])
 
         def exact(face_ids: np.ndarray) -> np.ndarray:
             wanted = [int(i) for i in face_ids]
@@ -241,7 +238,7 @@ class Gallery:
                 found = dict(reading.execute(select(templates.c.face_id, templates.c.embedding)
                                              .where(mine, templates.c.face_id.in_(wanted))).all())
             # a face removed since the index was built scores 0 until the next request reloads (generation)
-            return _matrix([found.get(i, zero) for i in wanted])
+            return embedding_matrix([found.get(i, zero) for i in wanted])
 
         return index.add(chunks(), exact)
 

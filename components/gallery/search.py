@@ -13,10 +13,15 @@ Embeddings are L2-normalised, so the inner product is the cosine. An identity's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+
+def embedding_matrix(blobs: Sequence[bytes]) -> np.ndarray:
+    """float32 [N, D] from the database's embedding blobs (one copy: the join)."""
+    return np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), -1)
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,7 @@ class Templates:
     def build(cls, embeddings: list[bytes], names: list[str], dim: int) -> Templates:
         identities = sorted(set(names))
         position = {name: i for i, name in enumerate(identities)}
-        matrix = np.frombuffer(b"".join(embeddings), np.float32).reshape(len(embeddings), dim) if embeddings \
-            else np.zeros((0, dim), np.float32)
+        matrix = embedding_matrix(embeddings) if embeddings else np.zeros((0, dim), np.float32)
         return cls(matrix, np.array([position[n] for n in names], np.int32), identities)
 
     def __len__(self) -> int:

@@ -20,7 +20,6 @@ from components.serving.pipeline_version import PipelineSpec
 from components.serving.served_pair import ServedPair
 from components.serving.store import Store, open_store
 from flows import tamper
-from flows.gallery import gallery_in_use, prepare_repository_version
 from flows.lineage import registry_lineage
 from flows.tracking import TAG_LIMIT, check_reachable, tracking_uri
 from pipelines.params import Params
@@ -150,6 +149,8 @@ def rollback_serving(params: Params, to: int | None = None, repository: str | No
     """Serve an earlier repository version; the champion alias follows when the registry knows that version,
     so the approval watcher then brings every other serving repository to the same version. A gallery gets
     the version's templates back first (kept, or re-embedded from the repository's own model file)."""
+    from flows.gallery import gallery_in_use, prepare_repository_version  # the gallery's libraries: rollback only
+
     chosen = serving_repositories(params, [repository] if repository else None)[0]
     pair = ServedPair(open_store(chosen), params.publish.model_name, pipeline_spec(params))
     version = pair.earlier(to)

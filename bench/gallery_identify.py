@@ -133,7 +133,7 @@ def read_gallery(folder: Path, model_sha256: str, triton_url: str, photos: Path)
     gallery = Gallery(f"sqlite:///{folder / 'gallery.db'}", str(folder / "crops"),
                       index_from=params.gallery.index_from)
     start = time.perf_counter()
-    loaded = gallery.templates_of(ModelId(model_sha256, "1"))
+    _, loaded = gallery.templates_of(ModelId(model_sha256, "1"))
     load_s = time.perf_counter() - start
     probes = np.load(folder / "probes.npy")
     found, search_ms = [], []

@@ -36,7 +36,7 @@ KNOWN = 28  # identities version 1 was trained on
 WARM_EPOCHS = (1, 2, 3)
 
 
-def _subset(packed: Path, classes: int, out: Path) -> Path:
+def subset(packed: Path, classes: int, out: Path) -> Path:
     """The packed set's first ``classes`` identities, records as they are (no re-encoding)."""
     faces = FaceRecordDataset(packed, random_flip=False)
     samples = []
@@ -65,7 +65,7 @@ def _trained(name: str, sets: list[str], packed: Path) -> dict[str, Any]:
             "orl_holdout_accuracy": evaluated["verification"]["orl_holdout"]["accuracy"]}
 
 
-def _warm_start_folder(champion: Path, out: Path) -> Path:
+def warm_start_folder(champion: Path, out: Path) -> Path:
     """What the warm_start stage writes for version 1: its train output plus the record naming it."""
     shutil.copytree(champion, out)
     (out / "warm_start.json").write_text(json.dumps({"version": 1, "registered_model": "faceforge-embedder",
@@ -77,7 +77,7 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     packed = Path("data/packed")
-    before = _subset(packed, KNOWN, WORK / "packed_28")
+    before = subset(packed, KNOWN, WORK / "packed_28")
     rows: dict[str, Any] = {}
     for name, sets, data in [
         ("version1_scratch_28_identities", [f"train.epochs={FULL_EPOCHS}"], before),
@@ -86,7 +86,7 @@ def main() -> None:
         print(f"{name} ...", flush=True)
         rows[name] = _trained(name, sets, data)
         print(json.dumps(rows[name]), flush=True)
-    warm = _warm_start_folder(WORK / "version1_scratch_28_identities" / "train", WORK / "warm_start")
+    warm = warm_start_folder(WORK / "version1_scratch_28_identities" / "train", WORK / "warm_start")
     for epochs in WARM_EPOCHS:
         name = f"warm_{epochs}_epochs"
         print(f"{name} ...", flush=True)

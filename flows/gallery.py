@@ -36,7 +36,7 @@ def crops_url(params: Params) -> str:
 
 def open_gallery(params: Params) -> Gallery:
     return Gallery(database_url(params), crops_url(params), params.gallery.keep_versions,
-                   params.gallery.index_from)
+                   params.gallery.index_from, params.gallery.accept_compatible)
 
 
 def service_accounts() -> list[ServiceAccount]:

@@ -1,4 +1,4 @@
-"""Serving the approved model: plan -> check -> re-embed -> publish -> switch, the whole promotion in one place.
+"""Serving the approved model: plan -> check -> re-embed -> publish -> switch -> activate, in one place.
 
 :func:`serve_champion` is the one reconciliation step behind the approval watcher (a Prefect deployment on an
 interval), ``faceforge promote`` and a rollback made in the MLflow UI:
@@ -9,11 +9,13 @@ interval), ``faceforge promote`` and a rollback made in the MLflow UI:
   is tagged on the version (once) and the previous champion stays served.
 - **re-embed**: when a gallery exists (components/gallery/), every enrolled face gets a template of the version
   from its stored crop, before any repository serves it (flows/gallery.py): identify never meets a probe whose
-  version has no complete template set.
+  version has no complete template set. Except where the team accepts compatible probes
+  (``gallery.accept_compatible``) and the registry measured the version compatible with the gallery's templates
+  (**bridge**): then it is served first, its probes search those templates meanwhile, and re-embedding follows.
 - **publish**: repositories that do not hold the version yet get it (downloaded from MLflow once, its SHA-256
   checked against the one the gate evaluated), uploaded and verified but not served.
-- **switch**: each repository serves the version with its photo-in model (the alias moved back: only this);
-  then the gallery enrols with it.
+- **switch**: each repository serves the version with its photo-in model (the alias moved back: only this).
+- **activate**: the gallery enrols with it (old templates stay for a rollback, up to ``gallery.keep_versions``).
 - **record**: who served what, when (and a forced promotion's reason) on the version; the challenger alias retired.
 State lives in the registry and the repositories, never in the watcher, so a watcher that restarts simply looks
 again. docs/architecture.md, "The approval loop".
@@ -92,9 +94,9 @@ def serve_champion(params: Params, repositories: list[str] | None = None, force:
         return promotion.result
     with tempfile.TemporaryDirectory() as tmp:
         promotion.work = Path(tmp)
-        reembed(promotion)
-        publish(promotion)
-    switch(promotion)
+        for step in (publish, switch, reembed) if bridge(promotion) else (reembed, publish, switch):
+            step(promotion)
+    activate(promotion)
     return record(promotion, force, reason)
 
 
@@ -156,11 +158,30 @@ def _refusal(version: Any, force: bool, reason: str | None) -> str | None:
             f"{version.tags.get('gate.reasons') or 'no verdict recorded'})")
 
 
+def bridge(promotion: Promotion) -> bool:
+    """True when the version may answer from the gallery's current templates while its own are re-embedded:
+    the team accepts compatible probes and the version's compatibility was measured (flows/compatibility.py)
+    against exactly the model the gallery enrols with, and met BCT's criterion."""
+    gallery, tags = promotion.gallery, promotion.version.tags
+    if gallery is None or not promotion.params.gallery.accept_compatible:
+        return False
+    active = gallery.active()
+    if active is None or active == promotion.model_id or tags.get("compatibility.with") != active.version \
+            or tags.get("compatibility.verdict") != f"compatible with v{active.version}":
+        return False
+    measured = promotion.client.get_model_version(promotion.params.mlflow.registered_model, active.version)
+    if measured.tags.get("model_sha256") != active.sha256:
+        return False
+    promotion.result["gallery"] = gallery.bridge(promotion.model_id, active, tags["compatibility.verdict"])
+    return True
+
+
 def reembed(promotion: Promotion) -> None:
-    """The gallery holds a template of the version for every enrolled face before anything serves it."""
+    """The gallery holds a template of the version for every enrolled face (before anything serves it, unless
+    bridged)."""
     if promotion.gallery is not None:
-        promotion.result["gallery"] = prepare(promotion.gallery, promotion.model_id, promotion.model_file,
-                                              promotion.params.gallery.reembed_batch)
+        promotion.result["gallery"] = promotion.result.get("gallery", {}) | prepare(
+            promotion.gallery, promotion.model_id, promotion.model_file, promotion.params.gallery.reembed_batch)
 
 
 def publish(promotion: Promotion) -> None:
@@ -178,12 +199,16 @@ def publish(promotion: Promotion) -> None:
 
 
 def switch(promotion: Promotion) -> None:
-    """Each pending repository serves the version with its photo-in model; then the gallery enrols with it."""
+    """Each pending repository serves the version with its photo-in model."""
     for pair in promotion.pending:
         action, repository_version = promotion.published[pair.url]
         promotion.result["repositories"].append({"repository": pair.url, "action": action,
                                                  "repository_version": repository_version,
                                                  "pipeline_version": pair.switch(repository_version)})
+
+
+def activate(promotion: Promotion) -> None:
+    """The gallery enrols with the served version from now on."""
     if promotion.gallery is not None:
         promotion.result["gallery"] = promotion.result.get("gallery", {}) | promotion.gallery.activate(
             promotion.model_id)

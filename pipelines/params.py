@@ -156,6 +156,11 @@ class TrainParams(_Section):
     teacher: Path | None = Field(None, description="an .onnx embedder in the served contract (the import_model "
                                  "stage's) whose embeddings the student also learns to match")
     distill_weight: float = Field(1.0, ge=0, description="weight of the distillation term (1 - cosine to the teacher)")
+    compatible_with: Literal["start"] | None = Field(
+        "start", description="start: a warm retrain stays comparable with the version it continues from (BCT's "
+        "influence loss through that version's frozen classifier: components/training/compatible.py), so stored "
+        "templates keep working; nothing for a start from init_from. null: unconstrained")
+    compatible_weight: float = Field(1.0, gt=0, description="weight of the influence loss next to the margin loss")
     degrade_fraction: float = Field(0.0, ge=0, le=1, description="fraction of training faces given one of the "
                                     "hard eval set's degradations (low resolution, blur, JPEG, occlusion, lighting)")
     margin: Literal["combined", "curricular"] = "combined"
@@ -362,6 +367,10 @@ class GalleryParams(_Section):
     keep_versions: int = Field(2, ge=1, description="model versions whose templates are kept (the active one and "
                                "the ones a rollback may serve again)")
     reembed_batch: int = Field(256, ge=1, description="crops embedded and committed together by a migration")
+    accept_compatible: bool = Field(False, description="probes of a version measured compatible with the "
+                                    "gallery's templates (its compatibility.verdict) may be compared with them: a "
+                                    "promotion then serves it first and re-embeds after; false: only probes of "
+                                    "the templates' own version")
 
 
 class Params(_Section):

@@ -122,9 +122,12 @@ def run(params: Params) -> dict[str, Any]:
             targets = tmp / TEACHER_TARGETS
             np.save(targets, teacher_targets(Path(p.teacher), FaceRecordDataset(params.pack.out_dir,
                                                                                 random_flip=False)))
+        # train.compatible_with: start -- a warm retrain keeps the space of the version it continues from (BCT)
+        compatible = p.compatible_with == "start" and warm is not None
         cfg = TrainConfig(**(fields | {"data_dir": str(params.pack.out_dir), "out_dir": str(tmp), "epochs": epochs,
                                        "init_from": init_from, "teacher_targets": str(targets) if targets else None,
                                        "warm_centres": str(tmp / WARM_CENTRES) if warm else None,
+                                       "compatible_weight": p.compatible_weight if compatible else 0.0,
                                        "freeze_batchnorm": p.freeze_batchnorm and start is not None}))
         result = run_on_ray(cfg, p.storage_path, name, resume_from=p.resume_from)
         for cache in (targets, tmp / WARM_CENTRES):  # inputs of this run, not part of the model
@@ -138,7 +141,8 @@ def run(params: Params) -> dict[str, Any]:
             backbone, FaceRecordDataset(params.pack.out_dir, seed=p.seed), p.bn_recalibration_samples,
             p.batch_size, p.seed)
         torch.save(backbone.state_dict(), tmp / "backbone.pth")
-        start_record = model_record(params, start) | (carried or {}) if start else None
+        start_record = (model_record(params, start) | (carried or {})
+                        | ({"compatible_weight": p.compatible_weight} if compatible else {})) if start else None
         if (Path(params.pack.out_dir) / IDENTITIES).is_file():  # the names the centres belong to
             shutil.copyfile(Path(params.pack.out_dir) / IDENTITIES, tmp / IDENTITIES)
         model = {"backbone": p.backbone, "embedding_size": p.embedding_size, "input_size": [112, 112],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from flows.server_process import ServerProcess, answers
 from flows.serving import rollback_serving
 from pipelines.params import Params, load_params
 from tests.bad_inputs import jpeg_bytes
+from tests.servers import wait_for
 
 NAME = "faceforge-embedder"
 THRESHOLDS = {"far_1e-4": {"cosine": 0.5, "impostor_pairs": 20000, "impostors_above": 2}}
@@ -64,10 +66,11 @@ def _embedder(path: Path, seed: int) -> Path:
     return path
 
 
-def _register(params: Params, model: Path) -> str:
+def _register(params: Params, model: Path, compatibility: dict[str, Any] | None = None) -> str:
     lineage = Lineage(model_sha256=sha256_file(model), thresholds=THRESHOLDS)
     with mlflow.start_run():
-        return register_model(params, model, lineage, {"status": "pass", "passed": True, "reasons": []})
+        return register_model(params, model, lineage, {"status": "pass", "passed": True, "reasons": [],
+                                                       "compatibility": compatibility})
 
 
 def _approve(version: str) -> None:
@@ -448,7 +451,7 @@ def test_search_is_exact_and_the_index_of_a_large_gallery_agrees(tmp_path: Path)
     np.save(tmp_path / "owner.npy", owner)
     write_gallery(tmp_path, "a" * 64)
     gallery = Gallery(f"sqlite:///{tmp_path / 'gallery.db'}", str(tmp_path / "crops"), index_from=1000)
-    indexed = gallery.templates_of(ModelId("a" * 64, "1"))
+    _, indexed = gallery.templates_of(ModelId("a" * 64, "1"))
     assert isinstance(indexed, IndexedTemplates) and len(indexed) == 4000
     agree = [indexed.top(p, 1)[0][0] == exact.top(p, 1)[0][0] for p in probes[:400]]  # enrolled people's
     assert np.mean(agree) >= 0.99
@@ -484,3 +487,58 @@ def test_compatibility_with_the_champion_is_measured_for_every_candidate(workspa
     card = "\n".join(compatibility_markdown(other))
     assert "**re-embedding required**" in card and "| ijbc | new probe, old template |" in card
     assert measure(ws["params"], client, None)["verdict"] == "no champion yet: nothing to be compatible with"
+
+
+def test_a_version_measured_compatible_is_served_first_where_the_team_accepts_it(
+        workspace: dict[str, Any], eval_sets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gallery.accept_compatible: a version measured compatible with the model the gallery enrols with is served
+    at once and its probes search the old templates (each answer names both versions) until their own are
+    re-embedded after the switch; a promotion that died before that finishes on the next run. Without the
+    team's consent the same probe is refused, saying what was measured."""
+    import onnx
+
+    from flows.compatibility import measure
+
+    ws = workspace
+    people = _people(ws)
+    alice = sorted(people)[0]
+    strict = Gallery("sqlite:///gallery/gallery.db", "gallery/crops")
+    if not strict.list():
+        assert _cli(ws, "enrol", alice, *map(str, people[alice][:3])).exit_code == 0
+    enrolled = next(i["identity"] for i in strict.list())
+    active = strict.active()
+    assert active is not None
+    # the next version: the enrolling model's very weights under another file (another SHA-256), so its probes
+    # really are compatible with those templates; the retrain flow's measurement says so on its tags
+    graph = onnx.load(str(ws["models"][[sha256_file(m) for m in ws["models"]].index(active.sha256)]))
+    graph.doc_string = "version 3"
+    onnx.save(graph, str(ws["root"] / "c.onnx"))
+    overrides = ["publish.backend=python", f"eval.ijbc_root={eval_sets / 'ijbc_mini'}", "eval.ijbc_hard_root=null"]
+    measured = measure(load_params(ws["root"] / "params.yaml", [*overrides, f"publish.model={ws['root'] / 'c.onnx'}"]),
+                       mlflow.MlflowClient(), active.version)
+    assert measured["verdict"] == f"compatible with v{active.version}", measured
+    third = ModelId(sha256_file(ws["root"] / "c.onnx"), _register(ws["params"], ws["root"] / "c.onnx", measured))
+    _approve(third.version)
+    params = load_params(ws["root"] / "params.yaml", ["publish.backend=python", "gallery.accept_compatible=true"])
+
+    def died(*_: Any) -> None:
+        raise RuntimeError("the watcher died while re-embedding")
+
+    with monkeypatch.context() as mp:
+        mp.setattr("flows.promotion.prepare", died)
+        with pytest.raises(RuntimeError, match="re-embedding"):
+            serve_champion(params, [str(ws["serving"])])  # served first: the repository switched already
+    accepting = Gallery("sqlite:///gallery/gallery.db", "gallery/crops", accept_compatible=True)
+    client = FaceClient(ws["server"].grpc_url)
+    probe = people[enrolled][0].read_bytes()
+    answer = wait_for(lambda: (a := accepting.identify("probe", probe, client, 1, 0.5))["probe_version"]
+                      == third.json() and a, 60, "the served model answering with version 3")
+    assert answer["template_version"] == active.json() and answer["identity"] == enrolled
+    with pytest.raises(GalleryError, match=rf"measured compatible with {re.escape(active.label)}.*accept_compatible"):
+        strict.identify("probe", probe, client, 1, 0.5)
+
+    finished = serve_champion(params, [str(ws["serving"])])  # the watcher's next poll
+    assert finished["gallery"]["re_embedded"] > 0 and finished["gallery"]["active"] == third.json(), finished
+    own = accepting.identify("probe", probe, client, 1, 0.5)
+    assert own["probe_version"] == own["template_version"] == third.json() and own["identity"] == enrolled
+

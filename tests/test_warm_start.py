@@ -96,6 +96,36 @@ def test_a_warm_start_carries_known_centres_and_starts_new_identities_at_their_m
     assert len(session.start_centres) == 6  # s01's centre is gone
 
 
+def test_compatible_training_adds_the_start_classifier_frozen_and_a_resume_rebuilds_it(
+        tmp_path: Path, champion: Path, packed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BCT's influence loss: the embeddings are also classified by the classifier the warm start begins with
+    (the champion's centres, the new person's mean), which no step moves; a resume rebuilds the same one."""
+    carry_centres(champion, packed, tmp_path / "warm_centres.pt")
+    settings = {"data_dir": str(packed), "out_dir": str(tmp_path), "backbone": "mbf", "embedding_size": 32,
+                "init_from": str(champion), "warm_centres": str(tmp_path / "warm_centres.pt"), "batch_size": 8,
+                "max_steps": 2, "lr": 0.05, "loader_workers": 0, "num_workers": 1, "sample_rate": 1.0,
+                "checkpoint_every": 1, "log_every": 1}
+    frozen: list[torch.nn.Module] = []
+    build = loop.frozen_classifier
+    monkeypatch.setattr(loop, "frozen_classifier", lambda head: frozen.append(build(head)) or frozen[-1])
+    plain = LocalSession(tmp_path / "plain")
+    loop.train_worker(TrainConfig(**settings), plain)
+    assert not frozen  # unconstrained unless asked
+    session = watching_session(monkeypatch, tmp_path / "compatible")
+    loop.train_worker(TrainConfig(**settings, compatible_weight=1.0), session)
+    influence = frozen[-1]
+    torch.testing.assert_close(influence.weight, session.start_centres, rtol=0, atol=0)  # untouched by 2 steps
+    assert influence.weight.grad is None and not torch.equal(session.head.weight, session.start_centres)
+    # at step 1 the frozen classifier is the head itself: the loss is twice the margin loss
+    first, compatible_first = plain.reports[0]["loss"], session.reports[0]["loss"]
+    assert compatible_first == pytest.approx(2 * first, rel=1e-5)
+
+    resumed = LocalSession(tmp_path / "resumed", resume_from=tmp_path / "compatible" / "checkpoint_00000001")
+    loop.train_worker(TrainConfig(**settings, compatible_weight=1.0), resumed)
+    torch.testing.assert_close(frozen[-1].weight, influence.weight, rtol=0, atol=0)
+    assert resumed.reports[-1]["loss"] == pytest.approx(session.reports[-1]["loss"], rel=1e-5)
+
+
 def _register_champion(project: Path, champion: Path) -> str:
     """Version 1 as a retrain registers it: its run holds dvc/dvc.lock (train output md5) and train/model.json."""
     subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data/train"], cwd=project, check=True)
@@ -166,7 +196,8 @@ def test_warm_start_from_the_champion_is_pinned_copied_from_dvc_and_trained_with
     assert (start["version"], start["train_md5"], start["init_from"]) == (1, md5, "data/warm_start")
     assert (start["carried_identities"], start["new_identities"], start["dropped_identities"]) == (5, 1, 1)
     assert describe_origin(start) == (f"faceforge-embedder version 1, warm (train output {md5}: 5 identities' "
-                                      "centres carried, 1 new, 1 dropped)")  # faceforge lineage, the model card
+                                      "centres carried, 1 new, 1 dropped; trained to stay comparable with its "
+                                      "templates (BCT, weight 1))")  # faceforge lineage, the model card
     assert report["steps"] == 36 // (4 * 2)  # one epoch of the new data: warm_start.epochs
     # params.yaml's freeze_batchnorm keeps version 1's BatchNorm statistics, and its precise BN does not replace them
     assert (report["freeze_batchnorm"], report["bn_recalibration_samples"]) == (True, 0)

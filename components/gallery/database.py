@@ -69,6 +69,16 @@ versions = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# probes of ``probe_sha256`` may search the templates of ``template_sha256``: the registry measured the probe's
+# version compatible with that one (flows/promotion.bridge), and the team accepts that (gallery.accept_compatible)
+compatible = Table(
+    "gallery_compatible", metadata,
+    Column("probe_sha256", String(64), primary_key=True),
+    Column("template_sha256", String(64), primary_key=True),
+    Column("verdict", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 state = Table(
     "gallery_state", metadata,
     Column("key", String(64), primary_key=True),

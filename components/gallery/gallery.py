@@ -1,6 +1,7 @@
 """Enrolled people, kept comparable across model swaps.
 
-A template is compared only with probes of its own model version (its ``model_sha256``): the served photo-in
+A template is compared only with probes of its own model version (its ``model_sha256``), or, where the team
+accepts it (``accept_compatible``), of a version measured compatible with it (``bridge``): the served photo-in
 model says which embedder answered (components/serving/client.PhotoEmbedding), and a probe whose version the
 gallery holds no templates of is an error naming both versions, never a silent score. Every answer names the
 version of the probe and of the templates. docs/gallery.md.
@@ -29,7 +30,15 @@ import numpy as np
 from sqlalchemy import and_, delete, func, insert, select, update
 
 from components.gallery.crops import CropStore
-from components.gallery.database import faces, generation, open_database, templates, versions, writing
+from components.gallery.database import (
+    compatible,
+    faces,
+    generation,
+    open_database,
+    templates,
+    versions,
+    writing,
+)
 from components.gallery.search import IndexedTemplates, Templates, embedding_matrix
 from components.serving.client import PhotoEmbedding
 
@@ -73,10 +82,11 @@ def _probe_model(face: PhotoEmbedding, what: str) -> ModelId:
 
 class Gallery:
     def __init__(self, database_url: str, crops_url: str, keep_versions: int = 2,
-                 index_from: int = 200_000) -> None:
+                 index_from: int = 200_000, accept_compatible: bool = False) -> None:
         self.engine = open_database(database_url)
         self.crops = CropStore(crops_url)
         self.keep_versions, self.index_from = keep_versions, index_from
+        self.accept_compatible = accept_compatible
         # model sha256 -> (generation, templates)
         self._loaded: dict[str, tuple[int, Templates | IndexedTemplates]] = {}
 
@@ -187,24 +197,50 @@ class Gallery:
                 for identity, n in counts]
 
     # -- identify, verify ----------------------------------------------------------------------------------
-    def templates_of(self, model: ModelId) -> Templates | IndexedTemplates:
-        """The version's templates, reloaded only when the gallery changed since the last load."""
+    def templates_of(self, model: ModelId) -> tuple[ModelId, Templates | IndexedTemplates]:
+        """The templates probes of ``model`` are compared with, and their version: its own set when ready, else
+        (where accepted) the set of a version it was measured compatible with. Reloaded only when the gallery
+        changed since the last load."""
         with self.engine.connect() as connection:
             now = generation(connection)
-            cached = self._loaded.get(model.sha256)
+            source = self._searched(connection, model)
+            cached = self._loaded.get(source.sha256)
             if cached and cached[0] == now:
-                return cached[1]
-            row = connection.execute(select(versions).where(versions.c.model_sha256 == model.sha256)).first()
-            if row is None or row.state != "ready":
-                held = [ModelId(r.model_sha256, r.model_version).label for r in connection.execute(
-                    select(versions).where(versions.c.state == "ready"))]
-                why = "is still being built" if row is not None else "does not exist"
-                raise GalleryError(f"the probe was embedded by {model.label}, whose gallery template set {why}; "
-                                   f"the gallery holds templates of {', '.join(held) or 'no version'}: comparing "
-                                   "across versions would give meaningless scores")
-            loaded = self._load(connection, model.sha256)
-        self._loaded[model.sha256] = (now, loaded)
-        return loaded
+                return source, cached[1]
+            loaded = self._load(connection, source.sha256)
+        self._loaded[source.sha256] = (now, loaded)
+        return source, loaded
+
+    def _searched(self, connection: Any, model: ModelId) -> ModelId:
+        """The ready template set probes of ``model`` may search, or the one-line refusal naming both versions."""
+        ready = {r.model_sha256: ModelId(r.model_sha256, r.model_version) for r in connection.execute(
+            select(versions).where(versions.c.state == "ready"))}
+        if model.sha256 in ready:
+            return model
+        bridged = [ready[sha] for sha in connection.execute(
+            select(compatible.c.template_sha256).where(compatible.c.probe_sha256 == model.sha256)).scalars()
+            if sha in ready]
+        if bridged and self.accept_compatible:
+            return bridged[0]
+        row = connection.execute(select(versions).where(versions.c.model_sha256 == model.sha256)).first()
+        why = "is still being built" if row is not None else "does not exist"
+        hint = (f" (it was measured compatible with {bridged[0].label}: gallery.accept_compatible lets those "
+                "answer)" if bridged else "")
+        raise GalleryError(f"the probe was embedded by {model.label}, whose gallery template set {why}; the "
+                           f"gallery holds templates of {', '.join(m.label for m in ready.values()) or 'no version'}"
+                           f": comparing across versions would give meaningless scores{hint}")
+
+    def bridge(self, probe: ModelId, templates_of: ModelId, verdict: str) -> dict[str, Any]:
+        """Record that probes of ``probe`` may search the templates of ``templates_of``, measured compatible
+        (``verdict``, the registry's): a promotion then serves ``probe`` before its own templates exist."""
+        with writing(self.engine) as connection:
+            key = and_(compatible.c.probe_sha256 == probe.sha256,
+                       compatible.c.template_sha256 == templates_of.sha256)
+            if connection.execute(select(compatible).where(key)).first() is None:
+                connection.execute(insert(compatible).values(probe_sha256=probe.sha256,
+                                                             template_sha256=templates_of.sha256,
+                                                             verdict=verdict[:256], created_at=_now()))
+        return {"probes_of": probe.json(), "search_templates_of": templates_of.json(), "verdict": verdict}
 
     @staticmethod
     def _trained_index(connection: Any, mine: Any, count: int) -> tuple[IndexedTemplates, int]:
@@ -253,9 +289,10 @@ class Gallery:
         """The ``top_k`` enrolled identities closest to the photo's face, with the versions that answered.
         ``threshold`` (the served one): the best match is named only above it, else the person is unknown."""
         face, model = self._probe(name, data, embedder)
-        matches = self.templates_of(model).top(face.embedding, top_k)
+        source, searched = self.templates_of(model)
+        matches = searched.top(face.embedding, top_k)
         known = matches[0][0] if matches and threshold is not None and matches[0][1] > threshold else None
-        return {"probe": name, "probe_version": model.json(), "template_version": model.json(),
+        return {"probe": name, "probe_version": model.json(), "template_version": source.json(),
                 "matches": [{"identity": i, "score": round(s, 6)} for i, s in matches],
                 "threshold": threshold, "identity": known}
 
@@ -263,11 +300,12 @@ class Gallery:
                threshold: float) -> dict[str, Any]:
         """Is the photo's face ``identity``? Its best template's score against the served threshold."""
         face, model = self._probe(name, data, embedder)
-        score = self.templates_of(model).best_of(identity, face.embedding)
+        source, searched = self.templates_of(model)
+        score = searched.best_of(identity, face.embedding)
         if score is None:
             raise GalleryError(f"verify {identity}: no such identity in the gallery")
         return {"probe": name, "identity": identity, "score": round(score, 6), "threshold": threshold,
-                "same": score > threshold, "probe_version": model.json(), "template_version": model.json()}
+                "same": score > threshold, "probe_version": model.json(), "template_version": source.json()}
 
     # -- migration -----------------------------------------------------------------------------------------
     def needs_migration(self, model: ModelId) -> bool:
@@ -340,4 +378,6 @@ class Gallery:
             if retired:
                 connection.execute(delete(templates).where(templates.c.model_sha256.in_(retired)))
                 connection.execute(delete(versions).where(versions.c.model_sha256.in_(retired)))
+                connection.execute(delete(compatible).where(compatible.c.template_sha256.in_(retired)
+                                                            | compatible.c.probe_sha256.in_(retired)))
         return {"active": model.json(), "retired": retired}

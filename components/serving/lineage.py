@@ -36,8 +36,10 @@ def describe_origin(record: dict[str, Any] | None, markdown: bool = False) -> st
     if record.get("version") is not None:  # a warm retrain (pipelines/warm_start.py)
         carried = (f": {record['carried_identities']} identities' centres carried, {record['new_identities']} "
                    f"new, {record['dropped_identities']} dropped" if "carried_identities" in record else "")
+        kept = (f"; trained to stay comparable with its templates (BCT, weight {record['compatible_weight']:g})"
+                if record.get("compatible_weight") else "")
         return (f"{record.get('registered_model', 'registered')} version {record['version']}, warm "
-                f"(train output {code(record['train_md5'])}{carried})")
+                f"(train output {code(record['train_md5'])}{carried}{kept})")
     untrained = ", served as imported: not trained" if record.get("trained") is False else ""
     if record.get("source"):
         sha = record["source_sha256"] if markdown else record["source_sha256"][:12]

@@ -17,6 +17,7 @@ class TrainConfig:
     degrade_fraction: float = 0.0  # training faces degraded like the hard eval set (components/augment)
     teacher_targets: str | None = None  # [N, 2, D] .npy of a teacher's embeddings (components/training/distill.py)
     distill_weight: float = 1.0  # weight of the distillation term, 1 - cosine to the teacher
+    compatible_weight: float = 0.0  # BCT's influence loss through the start's frozen classifier; 0 = none
     freeze_backbone_steps: int = 0  # first steps train the head only (a pretrained start's centres settle)
     freeze_batchnorm: bool = False  # BatchNorm keeps the start's running statistics (components/training/batchnorm)
     embedding_size: int = 512

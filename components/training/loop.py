@@ -27,6 +27,7 @@ from components.recordio.insightface import read_property
 from components.training.batchnorm import freeze_batchnorm
 from components.training.centres import class_mean_centres
 from components.training.checkpoint import load_checkpoint, save_checkpoint
+from components.training.compatible import frozen_classifier
 from components.training.config import TrainConfig
 from components.training.distill import Distillation, WithTeacherTargets
 from components.training.optim import build_optimizer, build_scheduler
@@ -68,6 +69,8 @@ def check_inputs(cfg: TrainConfig, dataset: FaceRecordDataset, world_size: int) 
                                  f"{len(dataset)} images in {root}")
     if num_classes < world_size:
         raise TrainingInputError(f"{num_classes} classes cannot be sharded over {world_size} workers")
+    if cfg.compatible_weight and not cfg.init_from:
+        raise TrainingInputError("compatible training keeps the space of a start model: random weights have none")
     return num_classes
 
 
@@ -111,18 +114,21 @@ def build_backbone(cfg: TrainConfig) -> nn.Module:
 def forward_backward(backbone: nn.Module, head: PartialFC, scaler: torch.amp.GradScaler, cfg: TrainConfig,
                      images: torch.Tensor, labels: torch.Tensor, device: torch.device,
                      train_backbone: bool = True, targets: torch.Tensor | None = None,
-                     distill: Distillation | None = None) -> float:
+                     distill: Distillation | None = None, influence: PartialFC | None = None) -> float:
     """One micro-batch: forward (autocast per ``precision``), loss / ``grad_accumulation``, scaled backward.
     Returns the loss; reading it waits for the GPU, as the loop needs it for the non-finite guard anyway.
     Without ``train_backbone`` (``freeze_backbone_steps``) the backbone runs without autograd: only the head
     gets a gradient, and the backbone's optimiser state does not gather the frozen steps' gradients.
-    With ``distill``, the loss adds the distillation term against the teacher's ``targets``."""
+    With ``distill``, the loss adds the distillation term against the teacher's ``targets``; with ``influence``
+    (the old model's frozen classifier), BCT's influence loss weighted by ``compatible_weight``."""
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     images = images.to(device, non_blocking=True, memory_format=memory_format)
     labels = labels.to(device, non_blocking=True)
     with _autocast(cfg, device), torch.set_grad_enabled(train_backbone):
         embeddings = backbone(images)
     loss = head(embeddings, labels)
+    if influence is not None:
+        loss = loss + cfg.compatible_weight * influence(embeddings, labels)
     if distill is not None and targets is not None:
         loss = loss + distill(embeddings, targets.to(device, non_blocking=True))
     loss = loss / cfg.grad_accumulation
@@ -144,6 +150,21 @@ def optimiser_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     optimizer.zero_grad(set_to_none=True)
 
 
+def start_centres(head: PartialFC, backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    """The head's first centres where training starts from a model: a warm start's carried centres of the people
+    the earlier version knew, and every other class's normalised mean embedding under the start backbone."""
+    rows = slice(head.class_start, head.class_start + head.num_local)
+    carried = torch.load(cfg.warm_centres, weights_only=True) if cfg.warm_centres else None
+    known = carried["known"][rows] if carried else None
+    clean = FaceRecordDataset(cfg.data_dir, random_flip=False)
+    centres, found = class_mean_centres(backbone, clean, head.class_start, head.num_local, cfg.embedding_size,
+                                        cfg.batch_size, device, skip=known)
+    with torch.no_grad():
+        head.weight[found] = centres[found]
+        if known is not None and known.any():
+            head.weight[known] = carried["centres"][rows][known].to(head.weight.dtype)
+
+
 def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     faces = FaceRecordDataset(cfg.data_dir, seed=cfg.seed, degrade_fraction=cfg.degrade_fraction)
@@ -160,17 +181,10 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     resume = session.resume_dir()
     backbone = build_backbone(cfg).to(session.device)
     head = PartialFC(build_margin(cfg), cfg.embedding_size, num_classes, cfg.sample_rate, seed=cfg.seed)
-    if cfg.init_from and resume is None:
-        rows = slice(head.class_start, head.class_start + head.num_local)
-        carried = torch.load(cfg.warm_centres, weights_only=True) if cfg.warm_centres else None
-        known = carried["known"][rows] if carried else None
-        clean = FaceRecordDataset(cfg.data_dir, random_flip=False)
-        centres, found = class_mean_centres(backbone, clean, head.class_start, head.num_local,
-                                            cfg.embedding_size, cfg.batch_size, session.device, skip=known)
-        with torch.no_grad():
-            head.weight[found] = centres[found]
-            if known is not None and known.any():
-                head.weight[known] = carried["centres"][rows][known].to(head.weight.dtype)
+    if cfg.init_from and (resume is None or cfg.compatible_weight):  # a resume loads the head it had reached
+        start_centres(head, backbone, cfg, session.device)
+    # BCT's old classifier: the head as the start left it (a resume rebuilds it above, then loads its own head)
+    influence = frozen_classifier(head.to(session.device)) if cfg.compatible_weight else None
     backbone = session.wrap_model(backbone)
     if cfg.freeze_batchnorm:
         freeze_batchnorm(backbone)
@@ -199,7 +213,8 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
                 images, labels, *targets = next(micro_batches)
                 loss_sum += forward_backward(backbone, head, scaler, cfg, images, labels, session.device,
                                              train_backbone=step >= cfg.freeze_backbone_steps,
-                                             targets=targets[0] if targets else None, distill=distill)
+                                             targets=targets[0] if targets else None, distill=distill,
+                                             influence=influence)
             if not math.isfinite(loss_sum):
                 # The loss is global, so every worker skips the same step and stays in lock-step.
                 optimizer.zero_grad(set_to_none=True)

@@ -21,9 +21,11 @@ REFERENCE = "tests/data/arcface_parity.pt"
 CLASSES, EMBEDDING, BATCH, STEPS = 200, 512, 8, 3
 LR, MOMENTUM, WEIGHT_DECAY, CLIP, WARMUP, TOTAL = 0.1, 0.9, 5e-4, 5.0, 2, 10
 # (backbone, margin (m1, m2, m3), sample rate): iResNet and MobileFaceNet, ArcFace at rate 1 and 0.1, and
-# CosFace, whose margin arcface_torch differentiates like faceforge (ArcFace's it does not: see the test)
-CASES = [("r18", (1.0, 0.5, 0.0), 1.0), ("r18", (1.0, 0.5, 0.0), 0.1), ("mbf", (1.0, 0.5, 0.0), 1.0),
-         ("mbf", (1.0, 0.5, 0.0), 0.1), ("mbf", (1.0, 0.0, 0.4), 0.1)]
+# CosFace, whose margin arcface_torch differentiates like faceforge (ArcFace's it does not: see the test).
+# iResNet once, at the sampled rate: the head at rate 1 is the MobileFaceNet case's, the backbone the same
+# at either rate (its r18-rate1 case cost CI ~35 s and checked nothing the two others do not).
+CASES = [("r18", (1.0, 0.5, 0.0), 0.1), ("mbf", (1.0, 0.5, 0.0), 1.0), ("mbf", (1.0, 0.5, 0.0), 0.1),
+         ("mbf", (1.0, 0.0, 0.4), 0.1)]
 
 
 def case_name(backbone: str, margin: tuple[float, float, float], rate: float) -> str:

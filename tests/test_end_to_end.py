@@ -46,9 +46,9 @@ from tests.servers import TeamSecrets, mlflow_server, postgres_server, prefect_w
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
 POOL = "faceforge"
-# the watcher's interval: prefect.yaml ships 30 s (tests/test_infra.py checks it); 60 s here, as every run is a new
-# Python process on the two cores that the other test worker needs too, and every wait below allows for it
-POLL_S = 60
+# the watcher's interval: prefect.yaml ships 30 s (tests/test_infra.py checks it); here the most params allow (50 s),
+# as every run is a new Python process on the two cores that the other test worker needs too
+POLL_S = 50
 REPOSITORY = "s3://models/triton"
 PIPELINE = "faceforge-pipeline"
 DVC_REMOTE = "s3://dvc/store"

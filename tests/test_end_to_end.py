@@ -292,7 +292,8 @@ def _photo_in_answers(server: Any, store: Any, project: Path, embedder_version: 
 def _gallery(stack: dict[str, Any], triton: Any, *args: str) -> str:
     """``faceforge gallery`` as a team member runs it: the team's database and crop store from the environment,
     in the project. In this process (Typer's runner), not a new one per call: a process start and its imports
-    cost the two cores seconds each time, and the command's own process is tested in tests/test_gallery.py."""
+    cost the two cores seconds each time (the gallery command as a process of its own: `faceforge gallery serve`
+    in tests/test_gallery.py)."""
     from typer.testing import CliRunner
 
     from faceforge.cli import app

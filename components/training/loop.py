@@ -184,7 +184,7 @@ def train_worker(cfg: TrainConfig, session: Session) -> dict[str, Any]:
     if cfg.init_from and (resume is None or cfg.compatible_weight):  # a resume loads the head it had reached
         start_centres(head, backbone, cfg, session.device)
     # BCT's old classifier: the head as the start left it (a resume rebuilds it above, then loads its own head)
-    influence = frozen_classifier(head.to(session.device)) if cfg.compatible_weight else None
+    influence = frozen_classifier(head).to(session.device) if cfg.compatible_weight else None
     backbone = session.wrap_model(backbone)
     if cfg.freeze_batchnorm:
         freeze_batchnorm(backbone)

@@ -105,6 +105,21 @@ def retrain_command(
     report_errors("retrain", action)
 
 
+@app.command("drift")
+def drift_command(
+    workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+) -> None:
+    """Prefect flow: the last monitoring.window_minutes of captured live traffic against each served version's
+    reference (docs/monitoring.md); a drifted window starts the retrain deployment, its reason in the run."""
+    from flows.drift import drift
+
+    def action() -> dict[str, Any]:
+        _prefect_reachable()
+        return drift(workspace=str(workspace))
+
+    report_errors("drift", action)
+
+
 @app.command("promote")
 def promote_command(
     serving_repository: ServingOpt = None,
@@ -239,11 +254,18 @@ def triton_command(
     http_port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port on 127.0.0.1")] = 8001,
     poll_s: Annotated[int, typer.Option(help="how often Triton looks for a new served version")] = 5,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics on 127.0.0.1 (docs/monitoring.md); "
+                                              "0 serves none")] = 8002,
+    capture: Annotated[str | None, typer.Option(help="folder where the photo-in model keeps its answers for the "
+                                                "drift check (default: FACEFORGE_CAPTURE, else monitoring.capture"
+                                                "); 'none' keeps none")] = None,
+    params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Serve a repository with the Triton bundled in nvidia-pytriton (python backend, CPU) until Ctrl-C.
 
     For trying served models on this machine (`publish.backend: python`); production uses the Triton container
     of infra/compose.yaml. Poll mode: promotions and rollbacks are picked up live."""
+    import os
     import signal
     import time
 
@@ -253,10 +275,16 @@ def triton_command(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    if capture is None:
+        capture = os.environ.get("FACEFORGE_CAPTURE") or (load_params(params).monitoring.capture
+                                                         if params.is_file() else None)
     try:
         with TritonServer(repository, model_control="poll", http_port=http_port, grpc_port=grpc_port,
-                          poll_s=poll_s) as s:
-            typer.echo(f"Triton ready: http://{s.http_url} (HTTP/REST), {s.grpc_url} (gRPC); Ctrl-C stops it")
+                          poll_s=poll_s, metrics=metrics_port > 0, metrics_port=metrics_port or None,
+                          capture=None if capture == "none" else capture) as s:
+            metrics = f", {s.metrics_url} (metrics)" if s.metrics_url else ""
+            typer.echo(f"Triton ready: http://{s.http_url} (HTTP/REST), {s.grpc_url} (gRPC){metrics}; "
+                       "Ctrl-C stops it")
             while True:
                 time.sleep(3600)
     except TritonError as exc:
@@ -292,14 +320,15 @@ def serve_flows_command(
                                       "is unset")] = 4200,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Long-running: the cron `retrain`, the approval watcher (`promote` every orchestration.approval_poll_s s)
-    and the manual `rollback`, served to Prefect (a local Prefect server, UI included, unless PREFECT_API_URL
-    names one); a moved `champion` alias is served without anyone typing."""
+    """Long-running: the cron `retrain`, the approval watcher (`promote` every orchestration.approval_poll_s s),
+    the manual `rollback` and the `drift` check (monitoring.drift_cron), served to Prefect (a local Prefect
+    server, UI included, unless PREFECT_API_URL names one); a moved `champion` alias is served without anyone
+    typing."""
     from flows.deploy import serve_flows
 
     loaded = load_params(params)
     serve_flows(cron or loaded.orchestration.schedule_cron, loaded.orchestration.approval_poll_s,
-                str(Path(params).resolve().parent), backend, port)
+                str(Path(params).resolve().parent), backend, port, loaded.monitoring.drift_cron)
 
 
 @app.command("gate")

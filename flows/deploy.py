@@ -1,8 +1,9 @@
-"""``faceforge serve-flows``: the cron ``retrain``, the approval watcher and the manual ``rollback`` on one machine.
+"""``faceforge serve-flows``: the cron ``retrain``, the approval watcher, the manual ``rollback`` and the hourly
+``drift`` check on one machine.
 
 ``flow.serve`` style (one long-running process polls the Prefect API and runs flows in subprocesses): the
 simplest way to schedule on one machine. A team with a Prefect server and a process work pool uses
-``prefect.yaml`` (``prefect deploy --all``) and the worker in infra/compose.yaml: the same three deployments.
+``prefect.yaml`` (``prefect deploy --all``) and the worker in infra/compose.yaml: the same four deployments.
 
 Without ``PREFECT_API_URL``, serve-flows starts a local ``prefect server`` (SQLite under ``PREFECT_HOME``, UI on
 127.0.0.1) as its child and stops it on exit: Prefect's ephemeral API runs no scheduler service, so on it the
@@ -25,13 +26,16 @@ from typing import Any
 from prefect import serve
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.drift import drift
 from flows.promote import promote, rollback
 from flows.retrain import retrain
 from flows.server_process import prefect_server
+from pipelines.params import MonitoringParams
 
 
-def deployments(cron: str, poll_s: int, workspace: str, backend: str | None = None) -> list[Any]:
-    """The same three deployments as prefect.yaml, for ``flow.serve`` on one machine."""
+def deployments(cron: str, poll_s: int, workspace: str, backend: str | None = None,
+                drift_cron: str | None = None) -> list[Any]:
+    """The same four deployments as prefect.yaml, for ``flow.serve`` on one machine."""
     # No deployment concurrency limit on the watcher: runs that overlap wait for the serving lock and find the
     # work done (idempotent); Prefect's limit cancelled every run whose start outlived its slot's lease.
     watcher = {"workspace": workspace, "watching": True} | ({"backend": backend} if backend else {})
@@ -42,12 +46,16 @@ def deployments(cron: str, poll_s: int, workspace: str, backend: str | None = No
                               description="The approval watcher: serve the version holding `champion`."),
         rollback.to_deployment(name="manual", parameters={"workspace": workspace},
                                description="Serve the previous repository version; champion follows."),
+        drift.to_deployment(name="drift", cron=drift_cron or MonitoringParams().drift_cron,
+                            parameters={"workspace": workspace},
+                            description="Live traffic against the served version's reference; retrain on drift."),
     ]
 
 
-def serve_flows(cron: str, poll_s: int, workspace: str, backend: str | None = None, port: int = 4200) -> None:
+def serve_flows(cron: str, poll_s: int, workspace: str, backend: str | None = None, port: int = 4200,
+                drift_cron: str | None = None) -> None:
     if os.environ.get("PREFECT_API_URL"):
-        serve(*deployments(cron, poll_s, workspace, backend))
+        serve(*deployments(cron, poll_s, workspace, backend, drift_cron))
         return
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
     # The server stops with serve-flows however serve-flows is stopped: Ctrl-C, or SIGTERM from systemd,
@@ -59,4 +67,4 @@ def serve_flows(cron: str, poll_s: int, workspace: str, backend: str | None = No
         # Prefect read its settings when imported, without an API URL: the runner would start a temporary
         # server of its own and register the deployments there, where this server's UI never shows them.
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            serve(*deployments(cron, poll_s, workspace, backend))
+            serve(*deployments(cron, poll_s, workspace, backend, drift_cron))

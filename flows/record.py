@@ -85,7 +85,9 @@ def log_dataset(params: Params, data_hash: str) -> None:
 
 def log_artifacts(params: Params) -> None:
     files = {
-        "eval": [params.eval.out_dir / "roc.png", params.eval.out_dir / "tar_far.md"],
+        # reference.npz: the version's drift reference, read back by the drift flow (flows/drift.py)
+        "eval": [params.eval.out_dir / "roc.png", params.eval.out_dir / "tar_far.md",
+                 params.eval.out_dir / "reference.npz"],
         "train": [params.train.out_dir / "loss.png", params.train.out_dir / "model.json"],
         "quality": [params.quality_filter.out_dir / "quality.png"],
         "reports": sorted(REPORTS.glob("*.json")) + sorted(REPORTS.glob("*.md")) + sorted(REPORTS.glob("*.csv")),

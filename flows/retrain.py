@@ -95,13 +95,13 @@ def _close_abandoned_runs(experiment_id: str, flow_run_id: str) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, Any]:
+def record(params: Params, flow_run_id: str, flow_run_name: str, reason: str) -> dict[str, Any]:
     """Gate against the registry's champion, then one MLflow run: params, metrics, artifacts, the version."""
     with fail_fast(timeout_s=120):
-        return _record(params, flow_run_id, flow_run_name)
+        return _record(params, flow_run_id, flow_run_name, reason)
 
 
-def _record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, Any]:
+def _record(params: Params, flow_run_id: str, flow_run_name: str, reason: str) -> dict[str, Any]:
     uri = tracking_uri(params)
     check_reachable(uri)
     experiment = mlflow.set_experiment(params.mlflow.experiment)
@@ -120,7 +120,7 @@ def _record(params: Params, flow_run_id: str, flow_run_name: str) -> dict[str, A
                       gate_status=verdict["status"], gate_reasons=tuple(verdict["reasons"]), dvc_lock_sha256=lock_sha,
                       dvc_remote=describe_remote(pushed["url"]) if pushed else None, dvc_commit=commit)
     with mlflow.start_run(run_name=f"retrain-{flow_run_name}") as run:
-        mlflow.set_tag("prefect.flow_run_id", flow_run_id)
+        mlflow.set_tags({"prefect.flow_run_id": flow_run_id, "retrain.reason": reason[:TAG_LIMIT]})
         log_params(params)
         # The model before the metrics, which are then linked to it in log_metrics' batched calls (log_model).
         logged = log_model(Path(params.publish.model), lineage)
@@ -190,9 +190,12 @@ def choose_start(params: Params, full_retrain: bool) -> Params:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(workspace: str = ".", lock_timeout_s: float | None = None, full: bool = False) -> dict[str, Any]:
+def retrain(workspace: str = ".", lock_timeout_s: float | None = None, full: bool = False,
+            reason: str = "schedule") -> dict[str, Any]:
     """Rebuild what changed (DVC), run the promotion gate, record the run and register the model in MLflow.
-    ``full`` starts from train.init_from even when the champion could be continued (a warm retrain)."""
+    ``full`` starts from train.init_from even when the champion could be continued (a warm retrain).
+    ``reason``: why it runs (the schedule, a person, or the drift check's finding: flows/drift.py); the MLflow
+    run's ``retrain.reason`` tag keeps it."""
     use_account("retrain")  # team mode: its own MLflow account (flows/accounts.py)
     with locked_workspace(workspace, "retrain", lock_timeout_s) as params:
         uri = tracking_uri(params)
@@ -216,11 +219,12 @@ def retrain(workspace: str = ".", lock_timeout_s: float | None = None, full: boo
                 raise
         record_task = record.with_options(retries=o.mlflow_retries, retry_delay_seconds=o.retry_delay_s,
                                           retry_condition_fn=_may_pass)
-        recorded = record_task(params, flow_run_id, flow_run.get_name() or "local")
+        get_run_logger().info("retrain: %s", reason)
+        recorded = record_task(params, flow_run_id, flow_run.get_name() or "local", reason)
         verdict = recorded["verdict"]
         summary = {"run_id": recorded["run_id"], "experiment_id": recorded["experiment_id"],
                    "model_version": recorded["model_version"], "gate": verdict["status"],
-                   "reasons": verdict["reasons"], "champion_version": recorded["champion_version"],
+                   "reasons": verdict["reasons"], "champion_version": recorded["champion_version"], "reason": reason,
                    "stages_run": [s for s, did in ran.items() if did]}
         _publish_artifacts(params, uri, summary, verdict, recorded["champion"])
         return summary

@@ -19,6 +19,7 @@ from components.evaluation.roc import roc_points, roc_summary, split_scores
 from components.io.atomic import atomic_dir, write_json
 from components.io.checksums import sha256_file
 from components.io.npy_rows import NpyRows
+from components.monitoring.reference import Reference, sample_impostors, served_path_faces, training_measures
 from pipelines.common import timed, write_report
 from pipelines.params import EvalParams, Params
 
@@ -53,6 +54,7 @@ def evaluate_ijbc_set(root: Path, target: str, options: IjbcOptions, embedder: E
     embed_s = time.perf_counter() - start
     result = evaluate_ijbc(meta, features, options, source)
     arrays["scores"] = result.scores
+    arrays["labels"] = meta.pair_label  # 1 = same person: what a score file means
     metrics = result.metrics() | {"images": len(meta.images), "templates": len(np.unique(meta.templates)),
                                   "pairs": len(meta.pair_label)}
     metrics["timings"] = result.timings | {"embed_s": round(embed_s, 3)}
@@ -103,6 +105,7 @@ def run(params: Params) -> dict[str, Any]:
     report: dict[str, Any] = {"model": str(p.model),
                               "model_sha256": sha256_file(p.model) if p.model.is_file() else None}
     curves: dict[str, Curve] = {}
+    scores: tuple[np.ndarray, np.ndarray] | None = None  # the held-out set's genuine and impostor pair scores
     with timed(report), atomic_dir(p.out_dir) as tmp:
         needs_model = (bool(p.verification) or p.ijbc_hard_root is not None
                        or (p.ijbc_root is not None and p.ijbc_features is None))
@@ -110,6 +113,7 @@ def run(params: Params) -> dict[str, Any]:
         if p.ijbc_root is not None:
             metrics, curves[p.ijbc_target], arrays = evaluate_ijbc_set(p.ijbc_root, p.ijbc_target, options,
                                                                       embedder, p.ijbc_features)
+            scores = split_scores(arrays["scores"], arrays["labels"])
             (tmp / "ijbc").mkdir()
             np.save(tmp / "ijbc" / "scores.npy", arrays["scores"])
             if p.save_features and "features" in arrays:
@@ -125,8 +129,38 @@ def run(params: Params) -> dict[str, Any]:
             report["verification"][name], curves[name] = evaluate_bin_set(path, embedder, options, p.folds)
         rows = {k: report[k] for k in (p.ijbc_target, hard) if k in report}
         _write_curves(tmp, curves, options.fars, rows | report["verification"])
+        if p.reference_photos is not None and embedder is not None:
+            reference = build_reference(params, embedder, report.get(p.ijbc_target, {}), scores)
+            reference.save(tmp / "reference.npz")
+            report["reference"] = reference.summary()
     write_report(STAGE, report)
     return report
+
+
+def build_reference(params: Params, embedder: Embedder, ijbc: dict[str, Any],
+                    scores: tuple[np.ndarray, np.ndarray] | None) -> Reference:
+    """The version's reference for the drift check (components/monitoring/reference.py): the held-out photos
+    through the served path, the training faces' measures, the held-out pairs' scores and the thresholds."""
+    import pandas as pd
+
+    from components.serving.photo import PhotoFaces
+    from pipelines.publish import photo_path
+
+    p = params.eval
+    assert p.reference_photos is not None
+    files = sorted(f for f in p.reference_photos.rglob("*") if f.is_file())
+    if not files:
+        raise ValueError(f"{p.reference_photos}: no photos of held-out people for the drift reference "
+                         "(eval.reference_photos: `faceforge sample` writes them; null keeps no reference)")
+    faces = PhotoFaces(*photo_path(params))
+    read, measures, embeddings = served_path_faces(((str(f), f.read_bytes()) for f in files), faces, embedder,
+                                                   params.monitoring.reference_faces)
+    quality = params.quality_filter.out_dir / "manifest.parquet"
+    training = training_measures(pd.read_parquet(quality)) if quality.is_file() else {}
+    genuine, impostor = scores if scores is not None else (np.zeros(0, np.float32), np.zeros(0, np.float32))
+    thresholds = {far: t["cosine"] for far, t in ijbc.get("thresholds", {}).items()}
+    return Reference(measures, embeddings, training, genuine.astype(np.float32), sample_impostors(impostor),
+                     thresholds, read, {"photos_dir": str(p.reference_photos), "model": str(p.model)})
 
 
 def run_ijbc(root: Path, out_dir: Path, target: str, options: IjbcOptions, model: Path | None,

@@ -238,6 +238,9 @@ class EvalParams(_Section):
     batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
     loader_workers: int = Field(1, ge=0, json_schema_extra=RUNTIME)
     save_features: bool = Field(True, description="keep per-image IJB features (reuse with --features)")
+    reference_photos: Path | None = Field(Path("data/eval_sets/photos"), description="raw photos of held-out "
+                                          "people (<identity>/<photo>): through the served path, the version's "
+                                          "reference for the drift check (docs/monitoring.md); null: none")
     out_dir: Path = Path("data/eval")
 
     @model_validator(mode="after")
@@ -373,9 +376,33 @@ class GalleryParams(_Section):
                                     "the templates' own version")
 
 
+class MonitoringParams(_Section):
+    """The served model watched: live traffic captured, compared with the version's reference distributions
+    (docs/monitoring.md, "Drift without labels"). ``FACEFORGE_CAPTURE`` wins over ``capture``."""
+
+    capture: str = Field("data/capture", description="folder where the served photo-in model keeps its answers "
+                         "(no photos: quality measures and embeddings) for the drift check")
+    capture_retention_days: float = Field(7.0, gt=0, description="captured answers older than this are deleted "
+                                          "by the drift flow (embeddings are biometric data)")
+    reference_faces: int = Field(1000, ge=10, description="held-out faces whose quality measures and embeddings "
+                                 "a version keeps as its reference (eval stage)")
+    window_minutes: float = Field(60.0, gt=0, description="the live traffic one drift check compares")
+    min_faces: int = Field(30, ge=5, description="fewer embedded faces in a window: no verdict")
+    alpha: float = Field(0.01, gt=0, lt=1, description="false-alarm rate of one check: all its tests together "
+                         "(Bonferroni)")
+    min_effect: float = Field(0.15, ge=0, le=1, description="smallest shift that counts, however significant: "
+                              "the Kolmogorov-Smirnov distance of a quality measure")
+    permutations: int = Field(2000, ge=100, description="resamples of the embeddings' MMD permutation test (its "
+                              "smallest p-value is 1 / (permutations + 1): more than 8 / alpha)")
+    retrain_on_drift: bool = Field(True, description="a drifted window starts the retrain deployment, the "
+                                   "reason in its run (the gate and approval still decide what is served)")
+    drift_cron: str = Field("0 * * * *", description="when the drift flow runs (serve-flows; prefect.yaml "
+                            "copies it)")
+
+
 class Params(_Section):
-    """Top-level keys are stage names plus ``data``, ``mlflow``, ``gate``, ``orchestration`` and ``gallery``
-    (docs/architecture.md, "Contracts")."""
+    """Top-level keys are stage names plus ``data``, ``mlflow``, ``gate``, ``orchestration``, ``gallery`` and
+    ``monitoring`` (docs/architecture.md, "Contracts")."""
 
     data: DataParams = DataParams()
     detect: DetectParams = DetectParams()
@@ -393,6 +420,7 @@ class Params(_Section):
     gate: GateParams = GateParams()
     orchestration: OrchestrationParams = OrchestrationParams()
     gallery: GalleryParams = GalleryParams()
+    monitoring: MonitoringParams = MonitoringParams()
 
 
 class ParamsError(ValueError):

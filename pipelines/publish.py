@@ -18,7 +18,7 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -33,6 +33,9 @@ from components.serving.store import LocalStore, Store
 from components.serving.triton_config import ServingOptions
 from pipelines.common import REPORTS, timed, write_report
 from pipelines.params import Params, PublishParams
+
+if TYPE_CHECKING:  # OpenCV and ONNX Runtime load only where a photo is answered
+    from components.serving.photo import PhotoSettings
 
 STAGE = "publish"
 
@@ -99,17 +102,24 @@ def serving_options(p: PublishParams, lineage: Lineage) -> ServingOptions:
 def pipeline_spec(params: Params) -> PipelineSpec | None:
     """The photo-in model built with the detect and align stages' own settings, or None when
     ``publish.pipeline_name`` is null."""
-    p, d = params.publish, params.detect
+    p = params.publish
     if not p.pipeline_name:
         return None
+    detector, photo = photo_path(params)
+    return PipelineSpec(check_model_name(p.pipeline_name), detector, photo, p.pipeline_max_batch_size,
+                        p.max_queue_delay_us, p.pipeline_instance_count)
+
+
+def photo_path(params: Params) -> tuple[Path, PhotoSettings]:
+    """The detector file and the settings a served photo goes through: the detect and align stages' own."""
     from components.detect.factory import DetectorConfig, detector_kind
     from components.serving.photo import PhotoSettings
 
+    d = params.detect
     detector = DetectorConfig(d.model_path, d.model_kind, d.input_size, d.score_threshold, d.nms_threshold)
-    photo = PhotoSettings(detector_kind(detector), d.input_size, d.score_threshold,  # type: ignore[arg-type]
-                          d.nms_threshold, d.centre_weight, d.max_pixels, params.align.image_size)
-    return PipelineSpec(check_model_name(p.pipeline_name), detector.resolved_path, photo, p.pipeline_max_batch_size,
-                        p.max_queue_delay_us, p.pipeline_instance_count)
+    return detector.resolved_path, PhotoSettings(detector_kind(detector), d.input_size,  # type: ignore[arg-type]
+                                                 d.score_threshold, d.nms_threshold, d.centre_weight, d.max_pixels,
+                                                 params.align.image_size)
 
 
 def push(store: Store, name: str, onnx_path: Path, options: ServingOptions, lineage: Lineage,

@@ -253,3 +253,27 @@ class PostgresProcess(ServerProcess):
         super().stop()
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
+
+
+def prometheus_server(port: int, targets: dict[str, str], logs: Path) -> ServerProcess:
+    """Debian's Prometheus (``apt-get install prometheus``; .ci/run installs it) on 127.0.0.1 with the project's
+    own config for one machine (infra/prometheus/local.yml) and its alert rules, the scrape targets replaced by
+    ``{job: "127.0.0.1:port"}`` and scraping every second, so a test sees its requests counted at once."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    infra = Path(__file__).parents[1] / "infra" / "prometheus"
+    home = Path(tempfile.mkdtemp(prefix="faceforge-prometheus-", dir=logs))
+    shutil.copy(infra / "alerts.yml", home / "alerts.yml")
+    config = yaml.safe_load((infra / "local.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{port}"
+    return ServerProcess("prometheus", [shutil.which("prometheus") or "prometheus",
+                                        f"--config.file={home / 'prometheus.yml'}", f"--storage.tsdb.path={home}/data",
+                                        f"--web.listen-address=127.0.0.1:{port}"],
+                         server_env(), logs / "prometheus.log", answers(f"{url}/-/ready"))

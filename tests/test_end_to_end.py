@@ -39,9 +39,17 @@ import numpy as np
 import pytest
 import yaml
 
-from flows.server_process import prefect_server
+from flows.server_process import ServerProcess, answers, prefect_server
 from tests.conftest import reset_moto
-from tests.servers import TeamSecrets, mlflow_server, postgres_server, prefect_worker, server_env, wait_for
+from tests.servers import (
+    TeamSecrets,
+    mlflow_server,
+    postgres_server,
+    prefect_worker,
+    prometheus_server,
+    server_env,
+    wait_for,
+)
 
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
@@ -304,11 +312,50 @@ def _gallery(stack: dict[str, Any], triton: Any, *args: str) -> str:
     return done.stdout
 
 
-def _identified(stack: dict[str, Any], triton: Any, photo: str) -> tuple[str, str]:
-    """(best match, model version) of ``faceforge gallery identify``, which must name one version for both."""
-    answer = json.loads(_gallery(stack, triton, "identify", photo, "--json"))
-    assert answer["probe_version"] == answer["template_version"], answer
-    return answer["matches"][0]["identity"], answer["probe_version"]["version"]
+def _identified(stack: dict[str, Any], photo: str) -> tuple[str, str]:
+    """(best match, model version) of the team's gallery service (`faceforge gallery serve`, as compose runs
+    it), which must name one version for both; counted, for the Prometheus check."""
+    answer = httpx.post(f"{stack['gallery_service']}/v1/identify", content=Path(photo).read_bytes(), timeout=60)
+    assert answer.status_code == 200, answer.text
+    stack["identified"] = stack.get("identified", 0) + 1
+    assert answer.json()["probe_version"] == answer.json()["template_version"], answer.text
+    return answer.json()["matches"][0]["identity"], answer.json()["probe_version"]["version"]
+
+
+def _monitor(stack: dict[str, Any], triton: Any) -> None:
+    """The gallery service and Debian's Prometheus with the project's rules, scraping it and Triton; stopped
+    with the stack."""
+    from components.serving.triton_server import free_port
+
+    port, logs = free_port(), stack["logs"]
+    stack["gallery_service"] = f"http://127.0.0.1:{port}"
+    stack["servers"]["gallery"] = ServerProcess(
+        "gallery service", [str(Path(sys.executable).parent / "faceforge"), "gallery", "--url", triton.grpc_url,
+                            "serve", "--port", str(port)], stack["env"], logs / "gallery-service.log",
+        answers(f"{stack['gallery_service']}/healthz"), cwd=stack["project"]).start()
+    stack["prometheus"] = f"http://127.0.0.1:{(prometheus_port := free_port())}"
+    stack["servers"]["prometheus"] = prometheus_server(
+        prometheus_port, {"triton": f"127.0.0.1:{triton.metrics_port}", "gallery": f"127.0.0.1:{port}"}, logs).start()
+
+
+def _prometheus(stack: dict[str, Any], query: str) -> dict[str, float]:
+    """An instant query: ``{"label=value,...": value}``."""
+    answer = httpx.get(f"{stack['prometheus']}/api/v1/query", params={"query": query}, timeout=10).json()
+    return {",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())): float(r["value"][1])
+            for r in answer["data"]["result"]}
+
+
+def _assert_scraped(stack: dict[str, Any]) -> None:
+    """[P] Prometheus scraped both servers through the swaps and evaluated every rule without an error: the
+    gallery's identify count is the test's own, and the photo-in model counted photos under both versions."""
+    assert sorted(k.split("job=")[1] for k, v in _prometheus(stack, "up").items() if v == 1) == ["gallery", "triton"]
+    wait_for(lambda: _prometheus(stack, "sum(faceforge_identify_total)") == {"": stack["identified"]}, 30,
+             "Prometheus counting the test's identify requests")
+    assert {"version=1", "version=2"} <= set(_prometheus(stack, 'sum by (version) (faceforge_photos_total'
+                                                                '{status="ok"})'))
+    rules = httpx.get(f"{stack['prometheus']}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    assert {g["name"] for g in rules} == {"faceforge.ratios", "faceforge.alerts"}
+    assert {r["health"] for g in rules for r in g["rules"]} == {"ok"}, rules
 
 
 @pytest.mark.slow
@@ -381,6 +428,7 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
     expected_v1 = _reference(stack, "1", faces, tmp_path)
     with TritonServer(REPOSITORY, model_control="poll", poll_s=2) as triton:  # polls the S3 repository
         wait_for(lambda: _triton_answers(triton, "1", faces, expected_v1), 120, "Triton answering version 1")
+        _monitor(stack, triton)
         lap("2. version 1 served and answered")
         # Enrol two people in the team's gallery (PostgreSQL, crops on S3) through the served model.
         import pandas as pd
@@ -393,7 +441,7 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
             _gallery(stack, triton, "enrol", person, *map(str, photos[person][:2]))
         probe = str(photos[people[0]][0])  # an enrolled photo: its own template is the best match, whatever
         # the version's accuracy (v1 trained 6 steps at lr 1e-6); the versions named are what is tested here
-        assert _identified(stack, triton, probe) == (people[0], "1")
+        assert _identified(stack, probe) == (people[0], "1")
 
         lap("2b. gallery enrolled")
         # 3. Retrain with the real learning rate. The MLflow server dies while the model trains.
@@ -438,12 +486,12 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         wait_for(lambda: _triton_answers(triton, "2", faces, expected_v2), 180, "Triton answering version 2")
         latencies["v2 answered by Triton"] = time.monotonic() - approved
         # The watcher re-embedded the gallery before switching: the same person, probe and templates of v2.
-        assert wait_for(lambda: (a := _identified(stack, triton, probe))[1] == "2" and a, 60,
+        assert wait_for(lambda: (a := _identified(stack, probe))[1] == "2" and a, 60,
                         "the photo-in model answering with v2") == (people[0], "2")
         approved = _set_champion(stack, "1")
         wait_for(lambda: _triton_answers(triton, "1", faces, expected_v1), 180, "Triton answering version 1 again")
         latencies["v1 answered again by Triton"] = time.monotonic() - approved
-        assert wait_for(lambda: (a := _identified(stack, triton, probe))[1] == "1" and a, 60,
+        assert wait_for(lambda: (a := _identified(stack, probe))[1] == "1" and a, 60,
                         "the photo-in model answering with v1") == (people[0], "1")  # v1's templates were kept
         kept = json.loads(_gallery(stack, triton, "list", "--json"))["versions"]
         assert {(v["model_version"], v["active"], v["templates"]) for v in kept} == {("1", True, 4), ("2", False, 4)}
@@ -452,6 +500,7 @@ def test_schedule_retrain_approve_serve_rollback_on_real_servers(stack: dict[str
         wait_for(lambda: _photo_in_answers(triton, store, project, 1, next((tmp_path / "1").rglob("model.onnx"))),
                  120, "the photo-in model answering with version 1")
         assert complete_versions(store, PIPELINE) == [1, 2]
+        _assert_scraped(stack)
     print("alias move -> served (s):", json.dumps({k: round(v, 1) for k, v in latencies.items()}))
 
     lap("4. swaps done")

@@ -131,7 +131,8 @@ def test_eval_stage_reports_and_failure_leaves_previous_results(eval_sets: Path,
                                                                workdir: Path) -> None:
     overrides = [f"eval.model={model_dir}", f"eval.ijbc_root={eval_sets / 'ijbc_mini'}", "eval.loader_workers=0",
                  f"eval.ijbc_hard_root={eval_sets / 'ijbc_hard'}",
-                 f"eval.verification={{holdout: {eval_sets / 'orl_holdout.bin'}}}", "eval.folds=4"]
+                 f"eval.verification={{holdout: {eval_sets / 'orl_holdout.bin'}}}", "eval.folds=4",
+                 f"eval.reference_photos={eval_sets / 'photos'}"]
     shutil.copy(Path(__file__).parents[1] / "params.yaml", workdir / "params.yaml")
     report = eval_stage.run(load_params(workdir / "params.yaml", overrides))
     holdout = report["verification"]["holdout"]
@@ -140,7 +141,7 @@ def test_eval_stage_reports_and_failure_leaves_previous_results(eval_sets: Path,
     assert written["ijbc"]["pairs"] == written["ijbc_hard"]["pairs"] == 190  # the same templates, degraded
     assert written["ijbc_hard"]["images"] == report["ijbc_hard"]["images"] > 0
     for name in ("roc.png", "tar_far.md", "roc/ijbc.csv", "roc/ijbc_hard.csv", "roc/holdout.csv", "ijbc/scores.npy",
-                 "ijbc/features.npy"):
+                 "ijbc/features.npy", "reference.npz"):  # reference.npz: the drift check's (tests/test_drift.py)
         assert (workdir / "data" / "eval" / name).is_file(), name
     assert "| holdout |" in (workdir / "data" / "eval" / "tar_far.md").read_text()
     before = _digest(workdir / "data" / "eval"), (workdir / "reports" / "eval.json").read_bytes()

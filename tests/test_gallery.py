@@ -42,6 +42,7 @@ from flows.server_process import ServerProcess, answers
 from flows.serving import rollback_serving
 from pipelines.params import Params, load_params
 from tests.bad_inputs import jpeg_bytes
+from tests.scrape import Series, delta, scrape
 from tests.servers import wait_for
 
 NAME = "faceforge-embedder"
@@ -234,13 +235,46 @@ def test_the_gallery_service_over_http_with_accounts(workspace: dict[str, Any]) 
 
         enrolled = http.post(f"/v1/identities/{dave}", json=photos, auth=enroller)
         assert enrolled.status_code == 200 and enrolled.json()["enrolled"] == 2, enrolled.text
+        erin = sorted(people)[7]  # a second person: identify's lead of the best match over the next one
+        second = {"photos": [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()}
+                             for p in people[erin][:1]]}
+        assert http.post(f"/v1/identities/{erin}", json=second, auth=enroller).status_code == 200
+        before = scrape(f"{base}/metrics")  # open: a Prometheus scraper carries no account
         answer = http.post("/v1/identify?top_k=1", content=people[dave][0].read_bytes(), auth=reader).json()
         assert answer["identity"] == dave and answer["probe_version"] == answer["template_version"]
+        assert len(answer["matches"]) == 1
+        others = [http.post("/v1/identify", content=people[p][0].read_bytes(), auth=reader).json()
+                  for p in sorted(people)[4:7]]
         same = http.post(f"/v1/verify/{dave}", content=people[dave][1].read_bytes(), auth=reader).json()
         assert same["same"] is True and same["threshold"] == 0.5
+        assert http.post("/v1/identify", content=b"not a photo", auth=reader).status_code == 400
+        _assert_service_metrics(before, scrape(f"{base}/metrics"), [answer, *others], same)
         assert dave in [i["identity"] for i in http.get("/v1/identities", auth=reader).json()]
         assert http.delete(f"/v1/identities/{dave}", auth=reader).status_code == 403
         assert http.delete(f"/v1/identities/{dave}", auth=enroller).json()["faces_removed"] == 2
+        assert http.delete(f"/v1/identities/{erin}", auth=enroller).json()["faces_removed"] == 1
+
+
+def _assert_service_metrics(before: Series, after: Series, identified: list[dict[str, Any]],
+                            verified: dict[str, Any]) -> None:
+    """[P] The service's /metrics counted exactly what it answered: decisions at the served threshold, the
+    scores behind them, and every request by endpoint and status code."""
+    v = {"version": identified[0]["probe_version"]["version"]}
+    known = sum(a["identity"] is not None for a in identified)
+    assert delta(before, after, "faceforge_identify_total", **v, decision="known") == known >= 1
+    assert delta(before, after, "faceforge_identify_total", **v, decision="unknown") == len(identified) - known
+    assert delta(before, after, "faceforge_identify_top1_score_count", **v) == len(identified)
+    # the top-1 lead is measured even where the caller asked for one match (a second is searched for it)
+    assert delta(before, after, "faceforge_identify_top1_score_sum", **v) == pytest.approx(
+        sum(a["matches"][0]["score"] for a in identified), abs=1e-5)
+    assert delta(before, after, "faceforge_identify_top2_gap_count", **v) == len(identified)
+    assert delta(before, after, "faceforge_verify_total", **v, decision="accept") == 1
+    assert delta(before, after, "faceforge_verify_score_sum", **v) == pytest.approx(verified["score"], abs=1e-6)
+    assert after[("faceforge_served_threshold", frozenset(v.items()))] == 0.5
+    assert delta(before, after, "faceforge_gallery_requests_total", endpoint="/v1/identify", code="200") == 4
+    assert delta(before, after, "faceforge_gallery_requests_total", endpoint="/v1/identify", code="400") == 1
+    assert delta(before, after, "faceforge_gallery_requests_total", endpoint="/v1/verify/{identity}",
+                 code="200") == 1
 
 
 def test_a_swap_re_embeds_first_and_identify_answers_throughout(workspace: dict[str, Any]) -> None:

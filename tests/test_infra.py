@@ -22,7 +22,8 @@ def _env_example() -> dict[str, str]:
 def test_services_and_every_variable_is_defined() -> None:
     compose = _compose()
     assert set(compose["services"]) == {"postgres", "minio", "buckets", "mlflow", "mlflow-accounts",
-                                        "prefect-server", "prefect-deploy", "prefect-worker", "triton", "gallery"}
+                                        "prefect-server", "prefect-deploy", "prefect-worker", "triton", "gallery",
+                                        "prometheus"}
     text = (INFRA / "compose.yaml").read_text()
     used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)\}", text))
     assert used <= set(_env_example()), used - set(_env_example())
@@ -65,6 +66,15 @@ def test_wiring_mlflow_prefect_triton() -> None:
     for key in ("FACEFORGE_GALLERY_DATABASE", "FACEFORGE_GALLERY_CROPS"):
         assert gallery["environment"][key] == worker[key]
     assert worker["FACEFORGE_GALLERY_DATABASE"].startswith("postgresql+psycopg://")
+    # Prometheus scrapes the ports the two services publish, with the rules CI checks (tests/test_monitoring.py)
+    scrape = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape["scrape_configs"]}
+    assert targets == {"triton": ["triton:8002"], "gallery": ["gallery:8010"]}
+    assert "${BIND_ADDRESS}:8002:8002" in triton["ports"] and "--port 8010" in gallery["command"]
+    assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    # what Triton captures, the worker's drift flow reads: one volume, one variable
+    for service in (triton, services["prefect-worker"]):
+        assert service["environment"]["FACEFORGE_CAPTURE"] == "/capture" and "capture:/capture" in service["volumes"]
 
 
 def test_prefect_deployments_point_at_real_flows_on_the_workers_pool() -> None:
@@ -72,16 +82,16 @@ def test_prefect_deployments_point_at_real_flows_on_the_workers_pool() -> None:
 
     from prefect.client.schemas.schedules import CronSchedule
 
-    from pipelines.params import OrchestrationParams
+    from pipelines.params import MonitoringParams, OrchestrationParams
 
     spec = yaml.safe_load((INFRA.parent / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"scheduled", "on-approval", "manual"}
+    assert set(deployments) == {"scheduled", "on-approval", "manual", "drift"}
     for deployment in deployments.values():
         path, name = deployment["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
         assert getattr(module, name).name == {"retrain": "retrain", "promote": "promote",
-                                              "rollback": "rollback"}[name]
+                                              "rollback": "rollback", "drift": "drift"}[name]
         assert deployment["work_pool"]["name"] == _env_example()["PREFECT_WORK_POOL"]
     # The worker runs flows in its checkout: FACEFORGE_WORKSPACE, which the worker image sets to /app.
     pull = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
@@ -106,3 +116,10 @@ def test_prefect_deployments_point_at_real_flows_on_the_workers_pool() -> None:
     assert [s.schedule.cron for s in local["scheduled"].schedules] == [cron]
     assert local["on-approval"].parameters == {"workspace": "/srv/faceforge", "watching": True}
     assert [s.schedule.interval.total_seconds() for s in local["on-approval"].schedules] == [defaults.approval_poll_s]
+    # the drift check: hourly by default, in both, and its retrain goes to the scheduled deployment
+    drift_cron = deployments["drift"]["schedules"][0]["cron"]
+    assert drift_cron == MonitoringParams().drift_cron == [s.schedule.cron for s in local["drift"].schedules][0]
+    assert local["drift"].parameters == {"workspace": "/srv/faceforge"}
+    from flows.drift import RETRAIN_DEPLOYMENT
+
+    assert RETRAIN_DEPLOYMENT == f"retrain/{local['scheduled'].name}"

@@ -31,6 +31,8 @@ from faceforge.cli import app
 from pipelines import align, detect, publish
 from pipelines.params import load_params
 from tests.bad_inputs import jpeg_bytes, png_with_claimed_size
+from tests.scrape import delta, scrape
+from tests.servers import wait_for
 from tests.training_data import write_tiny_faces
 
 THRESHOLDS = {"far_1e-3": {"cosine": 0.31, "impostor_pairs": 20000, "impostors_above": 20},
@@ -175,3 +177,56 @@ def test_client_cli_verifies_and_identifies_with_the_served_threshold(served: di
     assert len(matches) == 3 and matches[0]["identity"] == first.parent.name and matches[0]["score"] > 0.999
     down = CliRunner().invoke(app, ["client", "--url", "127.0.0.1:9", "embed", str(first)])
     assert down.exit_code == 1 and "127.0.0.1:9" in down.output
+
+
+def _two_faces(left: bytes, right: bytes) -> bytes:
+    """One photo holding two people side by side."""
+    a, b = (cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) for data in (left, right))
+    height = min(a.shape[0], b.shape[0])
+    a, b = (cv2.resize(x, (x.shape[1] * height // x.shape[0], height)) for x in (a, b))
+    return cv2.imencode(".png", np.hstack([a, np.zeros((height, height // 2, 3), np.uint8), b]))[1].tobytes()
+
+
+def test_triton_metrics_count_a_known_mix_exactly(served: dict[str, Any]) -> None:
+    """[P] A known mix of photos in one request; Triton's metrics endpoint counts each kind exactly, and the
+    quality histograms hold the quality_filter measures of exactly the embedded faces."""
+    root, server = served["root"], served["server"]
+    raw = root / "data" / "raw"
+    spec = publish.pipeline_spec(served["params"])
+    assert spec is not None
+    faces = PhotoFaces(spec.detector, spec.photo)
+    stages = _stage_faces(root)
+    # photos of one face each, of two people (a few sample photos hold a second, smaller detection)
+    single = [row for row in stages.itertuples() if faces((raw / row.path).read_bytes()).faces == 1]
+    good = [(raw / row.path).read_bytes() for row in single[:3]]
+    other = next((raw / row.path).read_bytes() for row in single if row.identity != single[0].identity)
+    mix = [*good, jpeg_bytes(np.full((300, 400, 3), 128, np.uint8)), good[0][: len(good[0]) // 3], b"",
+           _two_faces(good[0], other)]
+    before = scrape(server.metrics_url)
+    answers = FaceClient(server.grpc_url).embed(mix)
+    after = scrape(server.metrics_url)
+    assert [a.status for a in answers] == ["ok"] * 3 + ["no_face", "bad_image", "bad_image", "ok"]
+    v = {"version": "triton-1"}  # a published candidate that was never registered
+
+    def grew(name: str, **labels: str) -> float:
+        return delta(before, after, name, **v, **labels)
+
+    assert grew("faceforge_photo_requests_total") == 1
+    assert {s: grew("faceforge_photos_total", status=s) for s in ("ok", "no_face", "bad_image", "align_failed")} \
+        == {"ok": 4, "no_face": 1, "bad_image": 2, "align_failed": 0}
+    assert {n: grew("faceforge_photo_faces_total", faces=n) for n in ("0", "1", "2+")} == {"0": 1, "1": 3, "2+": 1}
+    assert {r: grew("faceforge_photo_rejects_total", reason=r) for r in ("no_face", "corrupt", "empty")} \
+        == {"no_face": 1, "corrupt": 1, "empty": 1}
+    direct = [faces(photo) for photo in mix]
+    for measure in ("blur", "brightness", "yaw", "pitch", "interocular"):
+        assert grew(f"faceforge_face_{measure}_count") == 4, measure
+        expected = sum(face.quality[measure] for face in direct if face.status == "ok")
+        assert grew(f"faceforge_face_{measure}_sum") == pytest.approx(expected, rel=1e-6), measure
+    assert grew("faceforge_face_det_score_count") == 4
+    assert grew("faceforge_face_blur_bucket", le="+Inf") == 4
+    # the bucket bounds the alert rules select (infra/prometheus/alerts.yml), spelt as Triton writes them
+    for measure, bound in (("blur", "20"), ("interocular", "16"), ("yaw", "0.45"), ("brightness", "30")):
+        assert (f"faceforge_face_{measure}_bucket", frozenset({**v, "le": bound}.items())) in after, measure
+    # Triton's own per-model metrics are on the same endpoint, and agree (Triton counts once the response is out)
+    wait_for(lambda: delta(before, scrape(server.metrics_url), "nv_inference_request_success_total",
+                           model="faceforge-pipeline", version="1") == 1, 10, "Triton counting the request")

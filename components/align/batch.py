@@ -11,6 +11,7 @@ import numpy as np
 
 from components.align.similarity import align_face
 from components.io.images import ImageRejected, read_rgb
+from components.quality.measures import interocular
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,9 @@ class AlignWorker:
         if not ok:
             return {"status": "encode_failed", "detail": f"{item['path']}: JPEG encoding failed"}
         target.write_bytes(buf.tobytes())
-        eyes = landmarks[1] - landmarks[0]
         return {"status": "ok", "detail": "", "aligned_path": rel,
                 "aligned_landmarks": mapped.reshape(-1).tolist(),
-                "interocular": float(np.hypot(*eyes))}
+                "interocular": interocular(landmarks)}
 
     def __call__(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [self._one(item) for item in items]

@@ -8,6 +8,8 @@ Photos go to the served photo-in model; answers name the probe's and the templat
 - ``POST /v1/verify/{identity}`` (body: the photo's bytes) -> score, threshold, same
 - ``POST /v1/identities/{identity}`` (JSON ``{"photos": [{"name": ..., "data": base64}]}``) -> enrolled
 - ``DELETE /v1/identities/{identity}``, ``GET /v1/identities``, ``GET /v1/versions``, ``GET /healthz``
+- ``GET /metrics``: Prometheus text (components/gallery/metrics.py); open like ``/healthz``, since a scraper
+  carries no account and the series hold counts and scores, no names or faces
 
 Accounts (team mode, in the pattern of the MLflow accounts, flows/accounts.py): ``FACEFORGE_GALLERY_ENROLLER_*``
 may enrol, remove and everything else; ``FACEFORGE_GALLERY_READER_*`` may only identify, verify and list. With
@@ -26,11 +28,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from prometheus_client import CONTENT_TYPE_LATEST
 from tritonclient.utils import InferenceServerException
 
 from components.gallery.gallery import Gallery, GalleryError, PhotoEmbedder
+from components.gallery.metrics import GalleryMetrics
 
 ROLES = ("enroller", "reader")  # an enroller may do all a reader may
 
@@ -48,6 +52,14 @@ def create_app(gallery: Gallery, embedder: PhotoEmbedder, threshold: Callable[[]
     the served version)."""
     app = FastAPI(title="faceforge gallery", summary="Enrolled people, identified through the served model")
     basic = HTTPBasic(auto_error=False)
+    metrics = GalleryMetrics()
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")  # the path template, so /v1/verify/{identity} is one series
+        metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
 
     def role(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> str:
         if not accounts:
@@ -89,10 +101,16 @@ def create_app(gallery: Gallery, embedder: PhotoEmbedder, threshold: Callable[[]
         active = gallery.active()
         return {"ok": True, "active_version": active.json() if active else None}
 
+    @app.get("/metrics")
+    def exposition() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/v1/identify")
     def identify(data: Annotated[bytes, Depends(photo)], _who: Annotated[str, Depends(role)],
                  k: Annotated[int, Query(alias="top_k", ge=1, le=100)] = top_k) -> dict[str, Any]:
-        return gallery.identify("photo", data, embedder, k, threshold())
+        answer = gallery.identify("photo", data, embedder, max(k, 2), threshold())  # two: the top-1 lead
+        metrics.identified(answer)
+        return answer | {"matches": answer["matches"][:k]}
 
     @app.post("/v1/verify/{identity}")
     def verify(identity: str, data: Annotated[bytes, Depends(photo)],
@@ -100,7 +118,9 @@ def create_app(gallery: Gallery, embedder: PhotoEmbedder, threshold: Callable[[]
         accept = threshold()
         if accept is None:
             raise HTTPException(409, "the served version has no threshold at the gallery's FAR (gallery.far)")
-        return gallery.verify(identity, "photo", data, embedder, accept)
+        answer = gallery.verify(identity, "photo", data, embedder, accept)
+        metrics.verified(answer)
+        return answer
 
     @app.post("/v1/identities/{identity}")
     def enrol(identity: str, body: Annotated[dict[str, Any], Body()],

@@ -202,13 +202,17 @@ def write_verification_bin(path: Path, sources: dict[int, list[SourceFace]], con
     return {"pairs": len(issame), "genuine_pairs": int(sum(issame))}
 
 
-def write_holdout_photos(root: Path, subjects: tuple[int, ...], per_subject: int = 3, seed: int = 0) -> int:
-    """Raw photos (a face on a busy background, as the training photos) of held-out people, for trying the
-    served model by hand: ``faceforge client verify photos/orl_s33/01.jpg photos/orl_s33/02.jpg``."""
+def write_holdout_photos(root: Path, subjects: tuple[int, ...], per_subject: int = 2 * IMAGES_PER_IDENTITY,
+                         seed: int = 0) -> int:
+    """Raw photos (a face on a busy background, as the training photos) of held-out people: for trying the
+    served model by hand (``faceforge client verify photos/orl_s33/01.jpg photos/orl_s33/02.jpg``) and, through
+    the served path, each version's reference for the drift check (eval.reference_photos). Every source photo
+    of a person is used in turn, each time placed anew."""
     rng = np.random.default_rng([seed, 4])
     for subject in subjects:
         for index in range(1, per_subject + 1):
-            photo = compose_photo(rng, load_orl_face(subject, index), None, 480, 360)
+            face = load_orl_face(subject, (index - 1) % IMAGES_PER_IDENTITY + 1)
+            photo = compose_photo(rng, face, None, 480, 360)
             target = root / f"orl_s{subject:02d}" / f"{index:02d}.jpg"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(encode_jpeg(photo, 92, str(target)))
@@ -217,7 +221,7 @@ def write_holdout_photos(root: Path, subjects: tuple[int, ...], per_subject: int
 
 def write_eval_sets(out_dir: Path, config: EvalSetConfig) -> dict[str, dict[str, int]]:
     """``out_dir/ijbc_mini/`` and its degraded twin ``out_dir/ijbc_hard/`` (IJB-C layout),
-    ``out_dir/orl_holdout.bin`` and a few raw ``out_dir/photos/`` of two held-out people, as one atomic folder."""
+    ``out_dir/orl_holdout.bin`` and raw ``out_dir/photos/`` of the held-out people, as one atomic folder."""
     if len(config.subjects) < 2:
         raise ValueError("the evaluation sets need at least 2 held-out subjects")
     sources = detect_sources(config.subjects)
@@ -225,5 +229,5 @@ def write_eval_sets(out_dir: Path, config: EvalSetConfig) -> dict[str, dict[str,
         ijbc = write_ijbc_mini(tmp / "ijbc_mini", sources, config)
         hard = write_ijbc_mini(tmp / "ijbc_hard", sources, config, hard=True)
         verification = write_verification_bin(tmp / "orl_holdout.bin", sources, config)
-        photos = write_holdout_photos(tmp / "photos", config.subjects[:2], seed=config.seed)
+        photos = write_holdout_photos(tmp / "photos", config.subjects, seed=config.seed)
     return {"ijbc_mini": ijbc, "ijbc_hard": hard, "orl_holdout": verification, "photos": {"photos": photos}}

@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 
 from components.align.similarity import align_face
 from components.detect.factory import DetectorConfig, load_detector
 from components.detect.select import pick_main_face
 from components.io.images import ImageRejected, decode_rgb
+from components.quality.measures import face_measures, interocular
 
 # ``bad_image``: the bytes are no photo we can read (its ``detail`` starts with the rejected.csv reason code:
 # empty, not_image, corrupt, too_large); ``no_face``: decoded, no face above the detector's threshold;
@@ -50,6 +52,15 @@ class PhotoFace:
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros(10, np.float32))  # 5 x (x, y)
     score: float = 0.0
     faces: int = 0  # faces the detector found above its threshold (the main one is answered for)
+    # quality_filter's measures of the face (components/quality/measures.py), for the served model's metrics
+    quality: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """The ``rejected.csv`` code of a face not embedded (the decoder's for ``bad_image``); "" when ``ok``."""
+        if self.status == "bad_image":
+            return self.detail.split(":", 1)[0]
+        return "" if self.status == "ok" else self.status
 
 
 class PhotoFaces:
@@ -72,8 +83,10 @@ class PhotoFaces:
         if face is None:
             return PhotoFace("no_face", f"{name}: no face above score {s.score_threshold}")
         try:
-            crop, _ = align_face(rgb, face.landmarks.astype(np.float64), s.image_size)
+            crop, aligned = align_face(rgb, face.landmarks.astype(np.float64), s.image_size)
         except ValueError as exc:
             return PhotoFace("align_failed", f"{name}: {exc}", bbox=face.bbox, score=face.score, faces=len(found))
+        grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+        quality = face_measures(grey, aligned) | {"interocular": interocular(face.landmarks)}
         return PhotoFace("ok", "", crop, face.bbox.astype(np.float32), face.landmarks.reshape(-1).astype(np.float32),
-                         face.score, len(found))
+                         face.score, len(found), quality)

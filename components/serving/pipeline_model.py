@@ -15,6 +15,7 @@ import json
 import os
 import site
 import sys
+import time
 
 _VERSION_DIR = os.path.dirname(os.path.abspath(__file__))
 # The stub embeds Python with an isolated configuration that ignores PYTHONPATH; honour it here so the
@@ -30,7 +31,9 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from components.align.model_input import to_input  # noqa: E402
+from components.monitoring.capture import CaptureWriter, capture_rows  # noqa: E402
 from components.serving.photo import PhotoFace, PhotoFaces, PhotoSettings  # noqa: E402
+from components.serving.photo_metrics import PhotoMetrics  # noqa: E402
 
 
 class TritonPythonModel:
@@ -45,6 +48,13 @@ class TritonPythonModel:
         # Which model embedded each answer, so a gallery never compares templates across versions.
         embedder = spec["embedder"]
         self.model = [embedder["sha256"].encode(), str(embedder.get("mlflow_model_version") or "").encode()]
+        # Per registered version; a version never registered (a bare publish) by its embedder's Triton version.
+        registered = embedder.get("mlflow_model_version")
+        version = str(registered) if registered else f"triton-{embedder['version']}"
+        self.metrics = PhotoMetrics(pb_utils, version)
+        # The drift check's window of live traffic (components/monitoring/capture.py), where Triton is told one.
+        capture = os.environ.get("FACEFORGE_CAPTURE")
+        self.capture = CaptureWriter(capture, version, self.embedding_size) if capture else None
 
     def _face(self, photo, name):
         """The photo's face; anything the photo code did not foresee is this photo's status, not the batch's."""
@@ -76,17 +86,21 @@ class TritonPythonModel:
         for request in requests:
             photos = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
             per_request.append([self._face(bytes(photo), f"image[{i}]") for i, photo in enumerate(photos)])
+        self.metrics.record(len(requests), [face for faces in per_request for face in faces])
         crops = [face.crop for faces in per_request for face in faces if face.status == "ok"]
         try:
             embedded = iter(self._embed(crops)) if crops else iter(())
         except RuntimeError as exc:  # the embedder is down or reloading: these requests fail, the model stays up
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
         responses = []
+        zeros = np.zeros(self.embedding_size, np.float32)
+        blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        now = time.time()
         for faces in per_request:
-            zeros = np.zeros(self.embedding_size, np.float32)
-            blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+            vectors = [next(embedded) if f.status == "ok" else None for f in faces]
+            capture_rows(self.capture, now, faces, vectors)
             outputs = {
-                "embedding": np.stack([next(embedded) if f.status == "ok" else zeros for f in faces]),
+                "embedding": np.stack([zeros if v is None else v for v in vectors]),
                 "bbox": np.stack([f.bbox for f in faces]).astype(np.float32),
                 "landmarks": np.stack([f.landmarks for f in faces]).astype(np.float32),
                 "det_score": np.array([[f.score] for f in faces], np.float32),
@@ -100,3 +114,7 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]))
         return responses
+
+    def finalize(self):
+        if self.capture is not None:
+            self.capture.flush()

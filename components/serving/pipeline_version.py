@@ -43,7 +43,9 @@ if TYPE_CHECKING:  # the photo code (OpenCV, ONNX Runtime) runs inside Triton, n
     from components.serving.photo import PhotoSettings
 
 PIPELINE_MODEL = Path(__file__).with_name("pipeline_model.py")
-SHIPPED_MODULES = ("components.serving.photo", "components.align.model_input")  # what PIPELINE_MODEL imports
+# what PIPELINE_MODEL imports
+SHIPPED_MODULES = ("components.serving.photo", "components.serving.photo_metrics", "components.monitoring.capture",
+                   "components.align.model_input")
 _STRING_OUTPUTS = ("status", "detail", "model_sha256", "model_version")
 
 

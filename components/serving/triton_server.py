@@ -65,16 +65,24 @@ def stub_site() -> Path:
 
 
 class TritonServer:
-    """``with TritonServer(repo) as server:`` -> ready server; ``server.http_url`` / ``server.grpc_url``."""
+    """``with TritonServer(repo) as server:`` -> ready server; ``server.http_url`` / ``server.grpc_url``, and
+    ``server.metrics_url`` (Prometheus text: Triton's ``nv_*`` and the photo-in model's ``faceforge_*``) unless
+    ``metrics=False``."""
 
     def __init__(self, repository: Path | str, startup_timeout_s: float = 120.0, model_control: str = "none",
-                 http_port: int | None = None, grpc_port: int | None = None, poll_s: int = 1) -> None:
+                 http_port: int | None = None, grpc_port: int | None = None, poll_s: int = 1,
+                 metrics: bool = True, metrics_port: int | None = None, capture: Path | str | None = None) -> None:
+        """``capture``: a folder where the photo-in model keeps a window of live traffic for the drift check
+        (components/monitoring/capture.py); None keeps none."""
         self.repository = triton_repository_path(repository)
         self.poll_s = poll_s
         self.timeout = startup_timeout_s
         self.model_control = model_control
         self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
         self.http_url, self.grpc_url = f"127.0.0.1:{self.http_port}", f"127.0.0.1:{self.grpc_port}"
+        self.metrics_port = (metrics_port or free_port()) if metrics else None
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
+        self.capture = Path(capture).resolve() if capture else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
@@ -101,7 +109,17 @@ class TritonServer:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
         if stub_site().is_dir():  # numpy<2 for the stub's bytes tensors (components/serving/pipeline_model.py)
             env["FACEFORGE_STUB_SITE"] = str(stub_site())
+        env.pop("FACEFORGE_CAPTURE", None)
+        if self.capture is not None:
+            env["FACEFORGE_CAPTURE"] = str(self.capture)
         return env
+
+    def _metrics_options(self) -> list[str]:
+        """Triton's metrics endpoint on 127.0.0.1, as the container serves it on 8002; no GPU metrics (CPU)."""
+        if self.metrics_port is None:
+            return ["--allow-metrics=false"]
+        return ["--allow-metrics=true", "--allow-gpu-metrics=false", "--metrics-address=127.0.0.1",
+                f"--metrics-port={self.metrics_port}"]
 
     def __enter__(self) -> TritonServer:
         self._tmp = tempfile.TemporaryDirectory(prefix="faceforge-triton-")
@@ -111,8 +129,8 @@ class TritonServer:
         command = [str(binary), f"--model-repository={self.repository}",
                    f"--backend-directory={self._backend_dir(root)}", "--http-address=127.0.0.1",
                    f"--http-port={self.http_port}", "--grpc-address=127.0.0.1",
-                   f"--grpc-port={self.grpc_port}", "--allow-metrics=false", "--exit-on-error=true",
-                   "--strict-readiness=true", f"--model-control-mode={self.model_control}"]
+                   f"--grpc-port={self.grpc_port}", "--exit-on-error=true", "--strict-readiness=true",
+                   f"--model-control-mode={self.model_control}", *self._metrics_options()]
         if self.model_control == "poll":
             command.append(f"--repository-poll-secs={self.poll_s}")
         with self._log.open("wb") as log:

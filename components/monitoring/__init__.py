@@ -1,0 +1,1 @@
+"""Watching the served model: live traffic captured, reference distributions, drift without labels."""

@@ -44,6 +44,7 @@ bench: setup
 	$(UV) run --frozen python -m bench.gallery_identify   # identify latency at 10^4 / 10^5 / 10^6 templates (~15 min)
 	$(UV) run --frozen python -m bench.gallery_reembed   # re-embedding 10^5 enrolled faces vs bare ONNX Runtime
 	$(UV) run --frozen python -m bench.photo_serving     # photo-in model: load (1/8/32) + 3-minute soak
+	$(UV) run --frozen python -m bench.serving_metrics   # metrics + drift capture on vs off, side by side, + soak
 	$(UV) run --frozen python -m bench.train_gpu   # measures only where CUDA is present
 	$(UV) run --frozen python -m bench.train_gpu_vs_arcface   # idem; arcface_torch's column with $$ARCFACE_TORCH
 

@@ -1,12 +1,14 @@
-"""What the served model's metrics cost: photo-in throughput with Triton's metrics on (the photo-in model's
-``faceforge_*`` series recorded for every photo, the endpoint scraped every second) against off
-(``--allow-metrics=false``), side by side, then a soak with metrics on.
+"""What watching the served model costs: photo-in throughput with Triton's metrics and the drift capture on (the
+photo-in model's ``faceforge_*`` series recorded for every photo, the endpoint scraped every second, every answer
+captured: what ``faceforge triton`` runs by default) against both off (``--metrics-port 0 --capture none``), side
+by side, then a soak with both on.
 
 Same repository, same photos, same client load for both: the demo's model (``FACEFORGE_BENCH_MODEL``, default
 ``data/export/model.onnx``) published with its photo-in model as bench/photo_serving.py does; every request one
 photo at concurrency 8. Rounds alternate on/off (the order flips each round) and each round starts its own
-Triton, so a slow minute of the machine falls on both. Soak: ``SOAK_S`` seconds at concurrency 8 with metrics
-on and one photo in 20 a bad one; Triton's memory (server + python-backend stubs) at its start and end.
+Triton, so a slow minute of the machine falls on both. Soak: ``SOAK_S`` seconds at concurrency 8 with both on
+and one photo in 20 a bad one, after a warm-up round (ONNX Runtime's arenas grow to the batch sizes first);
+Triton's memory (server + python-backend stubs) after each round of 200 requests.
 Writes ``reports/bench/serving_metrics.json``. Goal ([P]): throughput within 2%; memory flat over the soak.
 """
 
@@ -65,7 +67,8 @@ class Scraper:
 
 
 def _round(repo: Path, photos: list[bytes], metrics: bool) -> dict[str, Any]:
-    with TritonServer(repo, metrics=metrics) as server:
+    with tempfile.TemporaryDirectory() as capture, \
+            TritonServer(repo, metrics=metrics, capture=capture if metrics else None) as server:
         clients = [FaceClient(server.grpc_url) for _ in range(CONCURRENCY)]
         clients[0].embed([photos[0]])  # first call loads the python-backend sessions
         with Scraper(server.metrics_url) as scraper:
@@ -76,7 +79,7 @@ def _round(repo: Path, photos: list[bytes], metrics: bool) -> dict[str, Any]:
 
 def _soak(repo: Path, photos: list[bytes]) -> dict[str, Any]:
     bad = _bad_photos(photos[0])
-    with TritonServer(repo) as server:
+    with tempfile.TemporaryDirectory() as capture, TritonServer(repo, capture=capture) as server:
         clients = [FaceClient(server.grpc_url) for _ in range(CONCURRENCY)]
 
         def call(k: int, i: int) -> bool:
@@ -84,16 +87,18 @@ def _soak(repo: Path, photos: list[bytes]) -> dict[str, Any]:
                 return clients[k].embed([bad[(i // 20) % len(bad)]])[0].status == "bad_image"
             return clients[k].embed([photos[i % len(photos)]])[0].status == "ok"
 
-        call(0, 0)
-        rss_start = _tree_rss_mb(server.pid)
+        _run(call, CONCURRENCY, 200)  # warm-up
+        rss = [_tree_rss_mb(server.pid)]
         started, rows = time.perf_counter(), []
         with Scraper(server.metrics_url) as scraper:
             while time.perf_counter() - started < SOAK_S:  # rounds of 200: bounded in count and in time
                 rows.append(_run(call, CONCURRENCY, 200))
+                rss.append(_tree_rss_mb(server.pid))
+        captured = sum(1 for _ in Path(capture).rglob("*.npz"))
         return {"seconds": round(time.perf_counter() - started, 1), "requests": sum(r["requests"] for r in rows),
-                "errors": sum(r["errors"] for r in rows), "scrapes": scraper.scrapes,
+                "errors": sum(r["errors"] for r in rows), "scrapes": scraper.scrapes, "capture_chunks": captured,
                 "per_s": round(statistics.mean(r["per_s"] for r in rows), 2),
-                "triton_rss_mb_start": rss_start, "triton_rss_mb_end": _tree_rss_mb(server.pid)}
+                "triton_rss_mb_start": rss[0], "triton_rss_mb_end": rss[-1], "triton_rss_mb_by_round": rss}
 
 
 def main() -> None:
@@ -107,7 +112,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "model": str(MODEL), "photos": len(photos), "cores": os.cpu_count(), "requests_per_round": REQUESTS,
         "concurrency": CONCURRENCY, "rounds": ROUNDS,
-        "goal": "photo-in throughput with metrics on within 2% of off; Triton memory flat over the soak"}
+        "goal": "photo-in throughput with metrics (and capture) on within 2% of off; Triton memory flat over the soak"}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         push(LocalStore(repo), params.publish.model_name, MODEL, options, Lineage(model_sha256="bench"), spec)
@@ -119,10 +124,10 @@ def main() -> None:
         on = statistics.median(row["per_s"] for row in rows if row["metrics"])
         off = statistics.median(row["per_s"] for row in rows if not row["metrics"])
         results["rounds_measured"] = rows
-        results["per_s_median"] = {"metrics_on": on, "metrics_off": off, "on_vs_off": round(on / off, 4)}
+        results["per_s_median"] = {"metrics_and_capture_on": on, "both_off": off, "on_vs_off": round(on / off, 4)}
         print("median", json.dumps(results["per_s_median"]), flush=True)
-        results["soak_metrics_on"] = _soak(repo, photos)
-        print("soak", json.dumps(results["soak_metrics_on"]), flush=True)
+        results["soak_metrics_and_capture_on"] = _soak(repo, photos)
+        print("soak", json.dumps(results["soak_metrics_and_capture_on"]), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
 

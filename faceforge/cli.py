@@ -15,7 +15,7 @@ from faceforge.gallery_cli import gallery_app
 from faceforge.reporting import read_photos, report_errors, transient_errors
 from faceforge.triton_options import ModelOpt, ProtocolOpt, UrlOpt, triton_target
 from flows.dvc_stages import TRANSIENT_EXIT  # the exit code the retrain flow retries
-from pipelines.params import load_params
+from pipelines.params import MonitoringParams, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -275,13 +275,13 @@ def triton_command(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    if capture is None:
-        capture = os.environ.get("FACEFORGE_CAPTURE") or (load_params(params).monitoring.capture
-                                                         if params.is_file() else None)
+    monitoring = load_params(params).monitoring if params.is_file() else MonitoringParams()
+    capture = capture or os.environ.get("FACEFORGE_CAPTURE") or monitoring.capture
     try:
         with TritonServer(repository, model_control="poll", http_port=http_port, grpc_port=grpc_port,
                           poll_s=poll_s, metrics=metrics_port > 0, metrics_port=metrics_port or None,
-                          capture=None if capture == "none" else capture) as s:
+                          capture=None if capture == "none" else capture,
+                          capture_retention_days=monitoring.capture_retention_days) as s:
             metrics = f", {s.metrics_url} (metrics)" if s.metrics_url else ""
             typer.echo(f"Triton ready: http://{s.http_url} (HTTP/REST), {s.grpc_url} (gRPC){metrics}; "
                        "Ctrl-C stops it")

@@ -20,8 +20,9 @@ import yaml
 
 from components.augment.degrade import degrade
 from components.io.checksums import sha256_file
+from components.monitoring.capture import CaptureWriter, read_window
 from components.monitoring.reference import Reference
-from components.sample.eval_sets import detect_sources
+from components.sample.eval_sets import detect_sources, write_holdout_photos
 from components.sample.orl import IMAGES_PER_IDENTITY, load_orl_face
 from components.sample.raw_photos import compose_photo, encode_jpeg
 from components.serving.client import FaceClient
@@ -74,11 +75,14 @@ def traffic(eval_sets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         mlflow.set_experiment(experiment_id=mlflow.MlflowClient().create_experiment(
             "faceforge", artifact_location=(root / "artifacts").as_uri()))
         model = _embedder(root / "model.onnx", 0)
+        # the reference: twenty photos of each held-out person, each source photo placed twice
+        write_holdout_photos(root / "reference", SUBJECTS, per_subject=2 * IMAGES_PER_IDENTITY, seed=5)
         tree = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
         tree["eval"] |= {"model": "model.onnx", "ijbc_root": str(eval_sets / "ijbc_mini"),
-                         "ijbc_hard_root": None, "verification": {}, "reference_photos": str(eval_sets / "photos")}
+                         "ijbc_hard_root": None, "verification": {}, "reference_photos": str(root / "reference")}
+        tree["detect"] |= {"input_size": 320}  # photos of 480 x 360: a site with small photos, a cheaper detector
         # windows of 24 photos (a site with little traffic); Triton captures where the drift flow reads
-        tree["monitoring"] |= {"min_faces": 20, "capture": str(root / "capture")}
+        tree["monitoring"] |= {"min_faces": 20, "capture": str(root / "capture"), "permutations": 1000}
         (root / "params.yaml").write_text(yaml.safe_dump(tree))
         params = load_params(root / "params.yaml")
         report = eval_stage.run(params)
@@ -94,7 +98,8 @@ def traffic(eval_sets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         rng = np.random.default_rng(7)
         sources = detect_sources(SUBJECTS)
         windows: list[tuple[str, float, float]] = []
-        with TritonServer(repo, capture=params.monitoring.capture) as server:
+        with TritonServer(repo, capture=params.monitoring.capture,
+                          capture_retention_days=params.monitoring.capture_retention_days) as server:
             client = FaceClient(server.grpc_url)
             for kind in ["clean"] * CLEAN_WINDOWS + ["degraded"] * 3:
                 photos = _clean(rng, WINDOW) if kind == "clean" else _degraded(rng, WINDOW, sources)
@@ -105,6 +110,27 @@ def traffic(eval_sets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         # Triton flushed the capture when it unloaded the model
         yield {"root": root, "params": params, "report": report, "windows": windows}
     shutil.rmtree(root / "capture", ignore_errors=True)
+
+
+def test_the_capture_keeps_nothing_past_its_retention_and_a_window_reads_only_its_rows(tmp_path: Path) -> None:
+    """Chunks older than the retention are deleted by the next write, whether or not a drift flow runs; a
+    window holds the rows of its time span, whichever chunks they were written in."""
+    now = time.time()
+    old = CaptureWriter(tmp_path, "3", 4)
+    old.add(now - 8 * 86400, "ok", 1, {"blur": 50.0}, np.ones(4, np.float32))
+    old.flush()
+    writer = CaptureWriter(tmp_path, "3", 4, retention_days=7)
+    for i, status in enumerate(["ok", "no_face", "ok", "ok"]):
+        writer.add(now - 60 + 20 * i, status, int(status == "ok"), {"blur": 10.0 * i}, None if status != "ok"
+                   else np.full(4, i, np.float32))
+        if i == 1:
+            writer.flush()  # two chunks
+    writer.flush()
+    assert len(list((tmp_path / "3").glob("*.npz"))) == 2  # the 8-day-old chunk is gone
+    window = read_window(tmp_path, "3", now - 50, now + 1)  # the last three rows
+    assert (window.photos, window.faces, window.status) == (3, 2, {"no_face": 1, "ok": 2})
+    assert window.measures["blur"].tolist() == [20.0, 30.0] and window.embeddings[:, 0].tolist() == [2.0, 3.0]
+    assert not list(tmp_path.rglob("*.partial"))
 
 
 def test_the_eval_stage_keeps_the_reference_from_the_served_path(traffic: dict[str, Any]) -> None:

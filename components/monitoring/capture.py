@@ -8,8 +8,9 @@ the quality measures and the embedding of an embedded face) and writes them in c
 reader never sees half a chunk. A chunk is written when it holds ``FLUSH_ROWS`` rows, when its first row is
 ``FLUSH_S`` seconds old (checked at each request), and when the model unloads.
 
-Embeddings are biometric data: the capture holds no photo, crop or name, and the drift flow deletes chunks older
-than ``monitoring.capture_retention_days``. numpy and the standard library only: this module ships into Triton.
+Embeddings are biometric data: the capture holds no photo, crop or name, and chunks older than
+``monitoring.capture_retention_days`` are deleted (by the writer as it writes, and by the drift flow). numpy and
+the standard library only: this module ships into Triton.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ FLUSH_S = 30.0
 
 
 class CaptureWriter:
-    """Rows of one model instance, written in chunks; ``None`` root = capture off (nothing is kept)."""
+    """Rows of one model instance, written in chunks under ``root/version``."""
 
-    def __init__(self, root: str | Path, version: str, embedding_size: int) -> None:
+    def __init__(self, root: str | Path, version: str, embedding_size: int,
+                 retention_days: float | None = None) -> None:
+        """``retention_days``: chunks older than this are deleted at each write, whether or not a drift flow
+        runs (it deletes them too): a served model left running never keeps embeddings longer."""
         self.folder = Path(root) / version
         self.version, self.size = version, embedding_size
+        self.retention_s = retention_days * 86400 if retention_days else None
         self._rows: list[tuple[float, str, int, list[float], np.ndarray | None]] = []
         self._chunks = 0
 
@@ -62,6 +67,8 @@ class CaptureWriter:
                      faces=np.array([r[2] for r in rows], np.int32),
                      measures=np.array([r[3] for r in rows], np.float32), embeddings=embeddings)
         os.replace(partial, target)
+        if self.retention_s is not None:
+            expire(self.folder.parent, time.time() - self.retention_s)
 
 
 @dataclass(frozen=True)

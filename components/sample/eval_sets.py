@@ -202,12 +202,12 @@ def write_verification_bin(path: Path, sources: dict[int, list[SourceFace]], con
     return {"pairs": len(issame), "genuine_pairs": int(sum(issame))}
 
 
-def write_holdout_photos(root: Path, subjects: tuple[int, ...], per_subject: int = 2 * IMAGES_PER_IDENTITY,
+def write_holdout_photos(root: Path, subjects: tuple[int, ...], per_subject: int = IMAGES_PER_IDENTITY,
                          seed: int = 0) -> int:
     """Raw photos (a face on a busy background, as the training photos) of held-out people: for trying the
     served model by hand (``faceforge client verify photos/orl_s33/01.jpg photos/orl_s33/02.jpg``) and, through
     the served path, each version's reference for the drift check (eval.reference_photos). Every source photo
-    of a person is used in turn, each time placed anew."""
+    of a person is used in turn (again, placed anew, past ``IMAGES_PER_IDENTITY``)."""
     rng = np.random.default_rng([seed, 4])
     for subject in subjects:
         for index in range(1, per_subject + 1):

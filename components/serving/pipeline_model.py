@@ -53,8 +53,9 @@ class TritonPythonModel:
         version = str(registered) if registered else f"triton-{embedder['version']}"
         self.metrics = PhotoMetrics(pb_utils, version)
         # The drift check's window of live traffic (components/monitoring/capture.py), where Triton is told one.
-        capture = os.environ.get("FACEFORGE_CAPTURE")
-        self.capture = CaptureWriter(capture, version, self.embedding_size) if capture else None
+        capture, retention = os.environ.get("FACEFORGE_CAPTURE"), os.environ.get("FACEFORGE_CAPTURE_RETENTION_DAYS")
+        self.capture = (CaptureWriter(capture, version, self.embedding_size, float(retention) if retention else None)
+                        if capture else None)
 
     def _face(self, photo, name):
         """The photo's face; anything the photo code did not foresee is this photo's status, not the batch's."""

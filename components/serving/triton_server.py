@@ -71,9 +71,11 @@ class TritonServer:
 
     def __init__(self, repository: Path | str, startup_timeout_s: float = 120.0, model_control: str = "none",
                  http_port: int | None = None, grpc_port: int | None = None, poll_s: int = 1,
-                 metrics: bool = True, metrics_port: int | None = None, capture: Path | str | None = None) -> None:
+                 metrics: bool = True, metrics_port: int | None = None, capture: Path | str | None = None,
+                 capture_retention_days: float | None = None) -> None:
         """``capture``: a folder where the photo-in model keeps a window of live traffic for the drift check
-        (components/monitoring/capture.py); None keeps none."""
+        (components/monitoring/capture.py), its chunks deleted after ``capture_retention_days``; None keeps
+        none."""
         self.repository = triton_repository_path(repository)
         self.poll_s = poll_s
         self.timeout = startup_timeout_s
@@ -83,6 +85,7 @@ class TritonServer:
         self.metrics_port = (metrics_port or free_port()) if metrics else None
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
         self.capture = Path(capture).resolve() if capture else None
+        self.capture_retention_days = capture_retention_days
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
@@ -109,9 +112,12 @@ class TritonServer:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
         if stub_site().is_dir():  # numpy<2 for the stub's bytes tensors (components/serving/pipeline_model.py)
             env["FACEFORGE_STUB_SITE"] = str(stub_site())
-        env.pop("FACEFORGE_CAPTURE", None)
+        for name in ("FACEFORGE_CAPTURE", "FACEFORGE_CAPTURE_RETENTION_DAYS"):
+            env.pop(name, None)
         if self.capture is not None:
             env["FACEFORGE_CAPTURE"] = str(self.capture)
+            if self.capture_retention_days:
+                env["FACEFORGE_CAPTURE_RETENTION_DAYS"] = str(self.capture_retention_days)
         return env
 
     def _metrics_options(self) -> list[str]:

@@ -67,6 +67,8 @@ def check_window(params: Params, version: str, since: float, until: float) -> Ch
     """One version's window against its reference: (the verdict with its reasons and tests, the reference,
     the window)."""
     window = read_window(capture_root(params), version, since, until)
+    if not window.photos:  # a version no longer served (its capture kept for the retention): nothing to fetch
+        return {"window": window.summary(), "verdict": "no_traffic", "reasons": []}, None, window
     reference = reference_of(params, version)
     if reference is None:
         return ({"window": window.summary(), "verdict": "no_reference",

@@ -36,8 +36,7 @@ class CaptureWriter:
                  retention_days: float | None = None) -> None:
         """``retention_days``: chunks older than this are deleted at each write, whether or not a drift flow
         runs (it deletes them too): a served model left running never keeps embeddings longer."""
-        self.folder = Path(root) / version
-        self.version, self.size = version, embedding_size
+        self.folder, self.size = Path(root) / version, embedding_size
         self.retention_s = retention_days * 86400 if retention_days else None
         self._rows: list[tuple[float, str, int, list[float], np.ndarray | None]] = []
         self._chunks = 0
@@ -92,11 +91,16 @@ class Window:
                 "faces": self.faces, "status": self.status}
 
 
+def _first_time(chunk: Path) -> float:
+    """A chunk's first row's time, from its name (``<ms>-<pid>-<n>.npz``): no file is opened to select it."""
+    return int(chunk.name.split("-", 1)[0]) / 1000
+
+
 def _chunks(folder: Path, until: float) -> Iterable[Path]:
     """Chunks whose first row is before ``until``: a chunk's rows may span longer than ``FLUSH_S`` (an idle
     instance flushes at its next request), so rows are filtered by their own times."""
     for path in sorted(folder.glob("*.npz")):
-        if int(path.name.split("-", 1)[0]) / 1000 < until:
+        if _first_time(path) < until:
             yield path
 
 
@@ -133,7 +137,7 @@ def expire(root: str | Path, before: float) -> int:
     """Delete chunks whose first row is older than ``before`` (retention); returns how many."""
     removed = 0
     for path in Path(root).glob("*/*.npz"):
-        if int(path.name.split("-", 1)[0]) / 1000 < before - FLUSH_S:
+        if _first_time(path) < before - FLUSH_S:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -145,5 +149,5 @@ def capture_rows(writer: CaptureWriter | None, when: float, faces: Sequence[Any]
     if writer is None:
         return
     for face, embedding in zip(faces, embeddings, strict=True):
-        writer.add(when, face.status, face.faces, face.quality | {"det_score": face.score}, embedding)
+        writer.add(when, face.status, face.faces, face.measures, embedding)
     writer.maybe_flush()

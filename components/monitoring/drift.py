@@ -26,8 +26,6 @@ from components.monitoring.capture import MEASURES, Window
 from components.monitoring.reference import Reference
 
 MMD_REFERENCE = 500  # reference faces in the permutation test (kernel matrix of reference + window faces)
-
-
 TESTS = len(MEASURES) + 2  # faces found, each quality measure, the embeddings
 
 
@@ -66,8 +64,13 @@ def _mmd_test(reference: np.ndarray, live: np.ndarray, settings: DriftSettings) 
             "null_p99": float(np.quantile(result.null_distribution, 0.99))}
 
 
+def _pair_scores(embeddings: np.ndarray) -> np.ndarray:
+    """Cosine scores of every pair of (unit) embeddings."""
+    return (embeddings @ embeddings.T)[np.triu_indices(len(embeddings), 1)]
+
+
 def _pairs_above(embeddings: np.ndarray, thresholds: dict[str, float | None]) -> dict[str, float | None]:
-    scores = (embeddings @ embeddings.T)[np.triu_indices(len(embeddings), 1)]
+    scores = _pair_scores(embeddings)
     return {far: (round(float((scores > t).mean()), 4) if t is not None and len(scores) else None)
             for far, t in thresholds.items()}
 
@@ -151,8 +154,7 @@ def plot(reference: Reference, window: Window, result: dict[str, Any], path: Pat
     bins = np.linspace(-0.5, 1.0, 61)
     ax.hist(reference.impostor, bins, density=True, alpha=0.4, label="reference impostor")
     ax.hist(reference.genuine, bins, density=True, alpha=0.4, label="reference genuine")
-    live = window.embeddings @ window.embeddings.T
-    ax.hist(live[np.triu_indices(len(live), 1)], bins, density=True, histtype="step", label="live pairs")
+    ax.hist(_pair_scores(window.embeddings), bins, density=True, histtype="step", label="live pairs")
     for far, cut in reference.thresholds.items():
         if cut is not None:
             ax.axvline(cut, linestyle="--", linewidth=1, color="k")

@@ -80,7 +80,7 @@ def served_path_faces(photos: Iterable[tuple[str, bytes]], faces: Callable[[byte
         read += 1
         face = faces(data, name)
         if face.status == "ok":
-            rows.append([(face.quality | {"det_score": face.score})[m] for m in MEASURES])
+            rows.append([face.measures[m] for m in MEASURES])
             crops.append(face.crop)
     if not crops:
         raise ValueError("no face found in any reference photo: the served path would embed nothing either")

@@ -56,6 +56,12 @@ class PhotoFace:
     quality: dict[str, float] = field(default_factory=dict)
 
     @property
+    def measures(self) -> dict[str, float]:
+        """The quality measures and the detector's score: what the metrics, the capture and the drift
+        reference keep of an embedded face."""
+        return self.quality | {"det_score": self.score}
+
+    @property
     def reason(self) -> str:
         """The ``rejected.csv`` code of a face not embedded (the decoder's for ``bad_image``); "" when ``ok``."""
         if self.status == "bad_image":

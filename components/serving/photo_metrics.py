@@ -83,5 +83,5 @@ class PhotoMetrics:
             if face.status != "ok":
                 self._count("reason", face.reason).increment(1)
                 continue
-            for name, value in (face.quality | {"det_score": face.score}).items():
+            for name, value in face.measures.items():
                 self._quality[name].observe(value)

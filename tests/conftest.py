@@ -9,11 +9,13 @@ import pytest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with a ``slow`` test first, each module's tests in file order.
+    """Modules with a ``slow`` test first, the one allowed the longest run (its ``timeout`` marker) first of
+    all; each module's tests in file order.
 
     `make test` runs two pytest-xdist workers, each taking the next whole module (``--dist loadscope``, so a
     module's fixtures are built once) in this order: the end-to-end test, which mostly waits on its servers,
-    starts at once on one worker while the other goes through the rest, instead of starting last.
+    starts at once on one worker while the other goes through the rest, and the heavy modules go before the
+    light ones, so that the two workers end together instead of one finishing a heavy module alone.
 
     This file imports nothing of faceforge at its top: xdist's controller loads it, and an import of
     ``components`` there would set the product's environment defaults (components/env_defaults.py) in the
@@ -21,8 +23,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def module(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0]  # the scope --dist loadscope groups by
 
+    def allowed_s(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("timeout")
+        return float(marker.args[0]) if marker and marker.args else 0.0
+
     slow = {module(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: module(item) not in slow)
+    longest: dict[str, float] = {}
+    for item in items:
+        longest[module(item)] = max(longest.get(module(item), 0.0), allowed_s(item))
+    items.sort(key=lambda item: (module(item) not in slow, -longest[module(item)]))
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,8 @@ from tests.arcface_parity import (
     summary,
 )
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 TIGHT = {"rtol": 1e-9, "atol": 1e-9}
 
 

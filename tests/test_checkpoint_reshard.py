@@ -19,6 +19,8 @@ from components.training.optim import build_optimizer, build_scheduler
 from components.training.sessions import LocalSession
 from tests.training_data import write_tiny_faces
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 CLASSES = 7
 
 

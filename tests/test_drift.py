@@ -37,6 +37,8 @@ from pipelines.params import load_params
 from pipelines.publish import pipeline_spec, push
 from tests.test_gallery import _embedder
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 SUBJECTS = (31, 32, 33, 34)  # the eval_sets fixture's held-out people
 WINDOW = 24  # photos per window
 CLEAN_WINDOWS = 20

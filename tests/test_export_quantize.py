@@ -25,6 +25,8 @@ from components.training.batchnorm import recalibrate_batchnorm
 from faceforge.cli import app
 from tests.training_data import write_tiny_faces
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 
 

@@ -45,6 +45,8 @@ from tests.bad_inputs import jpeg_bytes
 from tests.scrape import Series, delta, scrape
 from tests.servers import wait_for
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 NAME = "faceforge-embedder"
 THRESHOLDS = {"far_1e-4": {"cosine": 0.5, "impostor_pairs": 20000, "impostors_above": 2}}
 

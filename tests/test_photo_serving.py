@@ -35,6 +35,8 @@ from tests.scrape import delta, scrape
 from tests.servers import wait_for
 from tests.training_data import write_tiny_faces
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 THRESHOLDS = {"far_1e-3": {"cosine": 0.31, "impostor_pairs": 20000, "impostors_above": 20},
               "far_1e-4": {"cosine": 0.42, "impostor_pairs": 20000, "impostors_above": 2},
               "far_1e-5": {"cosine": None, "impostor_pairs": 20000, "impostors_above": 0}}

@@ -23,6 +23,8 @@ from components.training.replicas import ReplicaDivergence, check_replicas
 from components.training.sessions import LocalSession
 from tests.training_data import write_tiny_faces
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 WORLD = 2
 
 

@@ -38,6 +38,8 @@ from faceforge.cli import app
 from pipelines.publish import push
 from tests.training_data import write_tiny_faces
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 NAME = "embedder"
 PYTHON = ServingOptions(backend="python", max_batch_size=16, preferred_batch_sizes=(4, 8))
 

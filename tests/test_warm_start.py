@@ -34,6 +34,8 @@ from pipelines.train import carry_centres
 from tests.test_approval import _onnx
 from tests.training_data import watching_session, write_tiny_faces
 
+pytestmark = pytest.mark.slow  # a heavy module: scheduled among the first (tests/conftest.py)
+
 REPO = Path(__file__).parents[1]
 NAME = "faceforge-embedder"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
@@ -118,6 +119,40 @@ def drift_command(
         return drift(workspace=str(workspace))
 
     report_errors("drift", action)
+
+
+@app.command("forget")
+def forget_command(
+    identity: Annotated[str, typer.Argument(help="the identity folder under data.raw_dir")],
+    yes: Annotated[bool, typer.Option("--yes", help="forget without asking")] = False,
+    workspace: Annotated[Path, typer.Option(help="the DVC repository")] = Path("."),
+) -> None:
+    """Prefect flow: remove a person from every store faceforge writes (docs/data_protection.md) and print the
+    path of the receipt; exit 0 only when every removal succeeded."""
+    if not yes:
+        typer.confirm(f"Forget {identity}: their photos, crops and templates everywhere faceforge keeps them?",
+                      abort=True)
+
+    def action() -> dict[str, Any]:
+        from flows.forget import forget, request
+
+        with contextlib.chdir(workspace):  # params' paths are the project's
+            request(identity, load_params(Path("params.yaml")))  # a bad request: one line, nothing started
+        _prefect_reachable()
+        done = forget(identity=identity, workspace=str(workspace))
+        if done["failed"]:
+            raise RuntimeError(f"{identity}: not every removal succeeded ({'; '.join(done['failed'])}); "
+                               f"receipt {done['receipt']}; run it again to finish")
+        return done
+
+    def show(done: dict[str, Any]) -> None:
+        for removal in done["removed"]:
+            typer.echo(f"{removal['store']}: {removal['count']} {removal['what']} ({removal['where']})", err=True)
+        for kept in done["kept_shared"]:
+            typer.echo(f"kept: {kept}", err=True)
+        typer.echo(done["receipt"])
+
+    report_errors("forget", action, show)
 
 
 @app.command("promote")

@@ -400,9 +400,16 @@ class MonitoringParams(_Section):
                             "copies it)")
 
 
+class ForgetParams(_Section):
+    """A person forgotten on request (``faceforge forget``, docs/data_protection.md)."""
+
+    receipts_dir: Path = Field(Path("erasures"), description="the append-only log of receipts (hashes only, no "
+                               "face data) and one file per receipt; kept with the code, never forgotten itself")
+
+
 class Params(_Section):
-    """Top-level keys are stage names plus ``data``, ``mlflow``, ``gate``, ``orchestration``, ``gallery`` and
-    ``monitoring`` (docs/architecture.md, "Contracts")."""
+    """Top-level keys are stage names plus ``data``, ``mlflow``, ``gate``, ``orchestration``, ``gallery``,
+    ``monitoring`` and ``forget`` (docs/architecture.md, "Contracts")."""
 
     data: DataParams = DataParams()
     detect: DetectParams = DetectParams()
@@ -421,6 +428,7 @@ class Params(_Section):
     orchestration: OrchestrationParams = OrchestrationParams()
     gallery: GalleryParams = GalleryParams()
     monitoring: MonitoringParams = MonitoringParams()
+    forget: ForgetParams = ForgetParams()
 
 
 class ParamsError(ValueError):

@@ -89,7 +89,8 @@ state = Table(
 def open_database(url: str) -> Engine:
     """An engine with the tables in place. A SQLite file's folder is created; SQLite gets foreign keys (the
     cascade from a face to its templates), WAL (identify keeps reading while a migration writes) and a busy
-    timeout (a CLI enrol next to the service waits instead of failing)."""
+    timeout (a CLI enrol next to the service waits instead of failing), and secure deletion (a removed face's
+    bytes are overwritten, not left readable in the file's free pages: docs/data_protection.md)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -101,6 +102,7 @@ def open_database(url: str) -> Engine:
             cursor = connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
@@ -109,6 +111,18 @@ def open_database(url: str) -> Engine:
         if connection.execute(state.select().where(state.c.key == "generation")).first() is None:
             connection.execute(state.insert().values(key="generation", value=0))
     return engine
+
+
+def scrub(engine: Engine) -> None:
+    """After a person is removed, no copy of their rows left in the database's own files: SQLite's write-ahead
+    log is written back and emptied (the pages themselves were overwritten: secure_delete); PostgreSQL's tables
+    are rewritten (``VACUUM FULL``: dead rows stay in the old pages until then)."""
+    if engine.url.get_backend_name() == "sqlite":
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    else:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql(f"VACUUM FULL {faces.name}, {templates.name}")
 
 
 @contextmanager

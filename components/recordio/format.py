@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -145,21 +146,33 @@ class RecordReader:
         return self.read_at(self.index[key])
 
     def read_at(self, offset: int) -> bytes:
-        data = self._data
-        parts: list[bytes] = []
-        while True:
-            if offset + 8 > len(data):
-                raise RecordIOError(f"{self.rec_path}: truncated record header at byte {offset}")
-            magic, lrec = struct.unpack_from("<II", data, offset)
-            if magic != MAGIC:
-                raise RecordIOError(f"{self.rec_path}: bad magic 0x{magic:08X} at byte {offset}")
-            flag, length = lrec >> 29, lrec & _LENGTH_MASK
-            start = offset + 8
-            if start + length > len(data):
-                raise RecordIOError(f"{self.rec_path}: record at byte {offset} runs past end of file")
-            parts.append(data[start:start + length])
-            offset = start + length + (-length % 4)
-            if flag in (0, 3):
-                return _MAGIC_BYTES.join(parts)
-            if flag not in (1, 2):
-                raise RecordIOError(f"{self.rec_path}: invalid continuation flag {flag} at byte {offset}")
+        return read_record(self._data, offset, str(self.rec_path))[0]
+
+
+def read_record(data: bytes | mmap.mmap, offset: int, name: str) -> tuple[bytes, int]:
+    """The record at ``offset`` of a ``.rec`` file's bytes (its parts joined) and the next record's offset."""
+    parts: list[bytes] = []
+    while True:
+        if offset + 8 > len(data):
+            raise RecordIOError(f"{name}: truncated record header at byte {offset}")
+        magic, lrec = struct.unpack_from("<II", data, offset)
+        if magic != MAGIC:
+            raise RecordIOError(f"{name}: bad magic 0x{magic:08X} at byte {offset}")
+        flag, length = lrec >> 29, lrec & _LENGTH_MASK
+        start = offset + 8
+        if start + length > len(data):
+            raise RecordIOError(f"{name}: record at byte {offset} runs past end of file")
+        parts.append(data[start:start + length])
+        offset = start + length + (-length % 4)
+        if flag in (0, 3):
+            return _MAGIC_BYTES.join(parts), offset
+        if flag not in (1, 2):
+            raise RecordIOError(f"{name}: invalid continuation flag {flag} at byte {offset}")
+
+
+def scan_records(data: bytes | mmap.mmap, name: str) -> Iterator[bytes]:
+    """Every record of a ``.rec`` file's bytes in order, without its ``.idx`` (a stored object on its own)."""
+    offset = 0
+    while offset < len(data):
+        record, offset = read_record(data, offset, name)
+        yield record

@@ -183,9 +183,13 @@ def purge_dvc(plan_: Plan, root: Path) -> None:
             holding = _holding(plan_.target, odb)
             shared = sorted(holding & needed)
             plan_.kept_shared += [f"{store}: {oid} (still needed by a current file)" for oid in shared]
-            removed = sorted(holding - needed)
-            for oid in removed:
-                odb.delete(oid)
+            removed = []
+            for oid in sorted(holding - needed):
+                try:
+                    odb.delete(oid)
+                    removed.append(oid)
+                except OSError as exc:  # the other objects still go; the receipt and the exit code say so
+                    plan_.failed.append(f"{store} {where}: object {oid}: {exc}")
             plan_.removals.append(Removal(store, where, "objects", len(removed), removed))
         # DVC's data index (in its site cache folder) lists every path it has seen, their folder's too: dropped
         # as a file (a deleted row would stay readable in SQLite's free pages); DVC builds it again when needed

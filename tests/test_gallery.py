@@ -451,6 +451,18 @@ def test_the_same_gallery_in_postgresql(workspace: dict[str, Any], postgres: str
     _migration_killed_halfway(postgres, tmp_path / "crops", workspace)
     gallery = Gallery(postgres, str(tmp_path / "crops"))
     assert len(gallery.list()) == 3
+    # a person forgotten ([Q]): their rows go, and the tables are rewritten, so no dead row of theirs stays in
+    # the old pages (PostgreSQL keeps those until VACUUM FULL)
+    from components.gallery.database import faces, scrub
+
+    def filenode() -> int:
+        with gallery.engine.connect() as connection:
+            return connection.exec_driver_sql(f"SELECT pg_relation_filenode('{faces.name}')").scalar()
+
+    before = filenode()
+    gallery.remove(sorted(f["identity"] for f in gallery.list())[0])
+    scrub(gallery.engine)
+    assert filenode() != before and len(gallery.list()) == 2
 
     monkeypatch.setenv("FACEFORGE_GALLERY_DATABASE", postgres.replace("/gallery", "/postgres"))
     monkeypatch.setenv("FACEFORGE_GALLERY_CROPS", str(tmp_path / "team-crops"))

@@ -158,9 +158,9 @@ def rebuild(plan_: Plan, params: Params, root: Path) -> None:
         with Repo(str(root)) as repo:
             repo.add(str(params.data.raw_dir))
     stages = pipeline_stages(root)
-    for stage in stages[:stages.index("pack") + 1]:
-        reproduce(stage, root)
-    plan_.removals.append(Removal("workspace", "dvc.lock", "stage outputs up to pack, rebuilt without them", 0))
+    ran = [stage for stage in stages[:stages.index("pack") + 1] if reproduce(stage, root)]
+    plan_.removals.append(Removal("workspace", "dvc.lock", f"stages rebuilt without them ({', '.join(ran)})",
+                                  len(ran)))
     if configured_remote(root) is not None:
         push(root)
 

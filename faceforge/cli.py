@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import sys
@@ -135,8 +134,9 @@ def forget_command(
 
     def action() -> dict[str, Any]:
         from flows.forget import forget, request
+        from flows.lock import in_workspace
 
-        with contextlib.chdir(workspace):  # params' paths are the project's
+        with in_workspace(workspace):  # params' paths are the project's
             request(identity, load_params(Path("params.yaml")))  # a bad request: one line, nothing started
         _prefect_reachable()
         done = forget(identity=identity, workspace=str(workspace))

@@ -20,7 +20,6 @@ What a forget cannot take back: a model's weights learned from a person until th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +37,9 @@ from components.erasure.receipt import (
 )
 from components.erasure.target import Target
 from components.io.checksums import sha256_file
+from flows.lock import locked_workspace
 from pipelines.detect import CACHE_DIR
-from pipelines.params import Params, load_params
+from pipelines.params import Params
 
 PENDING = ".pending"  # inside forget.receipts_dir: the plans of forgets not finished yet
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -293,21 +293,17 @@ def write_receipt(plan_: Plan, params: Params) -> Path:
 
 
 @flow(name="forget", log_prints=True)
-def forget(identity: str, workspace: str = ".") -> dict[str, Any]:
-    """Forget ``identity`` everywhere faceforge keeps it; the receipt's path and what was removed where."""
+def forget(identity: str, workspace: str = ".", lock_timeout_s: float | None = None) -> dict[str, Any]:
+    """Forget ``identity`` everywhere faceforge keeps it; the receipt's path and what was removed where. It
+    rewrites the DVC outputs a retrain writes, so it holds the retrain's workspace lock (flows/lock.py)."""
     root = Path(workspace).resolve()
-    previous = Path.cwd()
-    os.chdir(root)  # params' paths are relative to the project, as every stage reads them
-    try:
-        params = load_params(Path("params.yaml"))
+    with locked_workspace(root, "retrain", lock_timeout_s, holder="forget") as params:
         plan_ = plan(identity, params)
         remove_from_workspace(plan_, params)
         rebuild(plan_, params, root)
         purge_dvc(plan_, root)
         remove_from_gallery(plan_, params)
         receipt = write_receipt(plan_, params)
-    finally:
-        os.chdir(previous)
     return {"receipt": str(root / receipt), "removed": [asdict(r) | {"objects": len(r.objects)}
                                                        for r in plan_.removals],
             "kept_shared": plan_.kept_shared, "failed": plan_.failed}

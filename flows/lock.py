@@ -1,6 +1,7 @@
-"""One retraining, and one serving change, at a time per workspace.
+"""One retraining (or forget), and one serving change, at a time per workspace.
 
-Two retrains at once would race on DVC outputs and registry versions; two serving runs (the approval watcher
+Two retrains at once would race on DVC outputs and registry versions (a forget rewrites the same outputs, so it
+takes the same lock); two serving runs (the approval watcher
 firing while someone runs ``promote`` or ``rollback``) on what a repository serves. Each has its own file lock
 (``filelock``: works on every OS and is released by the OS if the holder dies), so approving a model never
 waits for a training run: the second of a kind waits up to its timeout (``orchestration.lock_timeout_s``,
@@ -60,12 +61,13 @@ def in_workspace(path: str | Path) -> Iterator[None]:
 
 @contextmanager
 def locked_workspace(workspace: str | Path, purpose: Literal["retrain", "serving"], lock_timeout_s: float | None,
-                     overrides: list[str] | None = None) -> Iterator[Params]:
-    """What every flow starts with: the repository as working folder, its params, the lock of its kind."""
+                     overrides: list[str] | None = None, holder: str | None = None) -> Iterator[Params]:
+    """What every flow starts with: the repository as working folder, its params, the lock of its kind.
+    ``holder``: the run named in the lock's holder file and a waiting run's refusal (default: ``purpose``)."""
     with in_workspace(workspace):
         params = load_params("params.yaml", overrides or [])
         o = params.orchestration
         lock_file, default = ((o.lock_file, o.lock_timeout_s) if purpose == "retrain"
                               else (o.serving_lock_file, o.serving_lock_timeout_s))
-        with exclusive(lock_file, default if lock_timeout_s is None else lock_timeout_s, purpose):
+        with exclusive(lock_file, default if lock_timeout_s is None else lock_timeout_s, holder or purpose):
             yield params

@@ -15,8 +15,10 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from components.recordio.format import MAGIC as RECORDIO_MAGIC
+from components.recordio.format import scan_records, unpack_header
+
 PARQUET_MAGIC = b"PAR1"
-RECORDIO_MAGIC = 0xCED7230A
 TEXT_LIMIT = 64 << 20  # a text larger than this is not one of faceforge's tables or reports
 
 
@@ -94,7 +96,5 @@ def _csv_strings(text: str) -> dict[str, list[str]]:
 def _record_images(data: bytes) -> list[bytes]:
     """The image payloads of a RecordIO file in memory (InsightFace's layout: IRHeader, then the JPEG; its
     first record, the header of the set, has none)."""
-    from components.recordio.format import scan_records, unpack_header
-
     payloads = (unpack_header(record)[1] for record in scan_records(data, "a stored RecordIO object"))
     return [bytes(payload) for payload in payloads if len(payload)]
